@@ -1,0 +1,38 @@
+"""Shared Click plumbing: CmlError -> one-line message and exit code 2."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
+import click
+
+from cml_dgl.errors import CmlError
+
+
+def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn a CmlError (or an interrupted write) into ``error: ...`` on stderr and exit code 2."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except CmlError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(2)
+        except MemoryError:
+            click.echo("error: out of memory (try a smaller chunk size or dataset)", err=True)
+            sys.exit(2)
+
+    return wrapper
+
+
+def parse_int_list(value: str, name: str) -> list[int]:
+    try:
+        out = [int(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got {value!r}", param_hint=name)
+    if not out or any(k <= 0 for k in out):
+        raise click.BadParameter(f"expected positive integers, got {value!r}", param_hint=name)
+    return out

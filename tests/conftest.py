@@ -1,0 +1,70 @@
+"""Shared fixtures: tiny synthetic datasets and the location of the shared real data."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cml_dgl.data.dataset import Dataset
+
+os.environ.setdefault("DGLBACKEND", "pytorch")
+
+
+def shared_data_dir() -> Path:
+    env = os.environ.get("CML_SHARED_DATA")
+    if env:
+        return Path(env)
+    return Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    d = shared_data_dir()
+    if not (d / "README.md").is_file():
+        pytest.skip(f"shared data not found at {d} (set CML_SHARED_DATA to the folder holding "
+                    "retailrocket/ and raw/)")
+    return d
+
+
+def make_tiny_dataset(n_users: int = 12, n_items: int = 20, behaviors=("view", "cart", "buy"),
+                      seed: int = 0, density: float = 0.3) -> Dataset:
+    """A small random dataset in the real format (every user has a test and a valid purchase)."""
+    rng = np.random.default_rng(seed)
+    K = len(behaviors)
+    us, its, bs = [], [], []
+    for k in range(K):
+        mask = rng.random((n_users, n_items)) < density / (k + 1)
+        u, i = np.nonzero(mask)
+        us.append(u); its.append(i); bs.append(np.full(len(u), k))
+    u = np.concatenate(us); i = np.concatenate(its); b = np.concatenate(bs)
+    # every user gets at least 2 target purchases in train
+    extra_u = np.repeat(np.arange(n_users), 2)
+    extra_i = rng.integers(0, n_items, size=len(extra_u))
+    u = np.concatenate([u, extra_u]); i = np.concatenate([i, extra_i]); b = np.concatenate([b, np.full(len(extra_u), K - 1)])
+    key = np.unique(np.stack([b, u, i], 1), axis=0)
+    b, u, i = key[:, 0], key[:, 1], key[:, 2]
+    users = np.arange(n_users)
+    test_items = rng.integers(0, n_items, size=n_users)
+    valid_items = (test_items + 1) % n_items
+    keep = ~(np.isin(u * n_items + i, users * n_items + test_items) | np.isin(u * n_items + i, users * n_items + valid_items))
+    u, i, b = u[keep], i[keep], b[keep]
+    n_neg = min(99, n_items - 2)
+    negs = np.stack([rng.choice(np.setdiff1d(np.arange(n_items), [t, v]), n_neg, replace=False)
+                     for t, v in zip(test_items, valid_items)])
+    return Dataset(
+        behaviors=list(behaviors), n_users=n_users, n_items=n_items,
+        train_user=u.astype(np.int32), train_item=i.astype(np.int32), train_behavior=b.astype(np.int8),
+        train_time=np.arange(len(u), dtype=np.int64),
+        valid=np.stack([users, valid_items], 1), test=np.stack([users, test_items], 1),
+        valid_negatives=negs, test_negatives=negs[:, ::-1].copy(),
+        user_ids=np.arange(100, 100 + n_users), item_ids=np.array([f"i{j}" for j in range(n_items)]),
+        source="synthetic-test", seed=seed,
+    )
+
+
+@pytest.fixture
+def tiny_dataset() -> Dataset:
+    return make_tiny_dataset()
