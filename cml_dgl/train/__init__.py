@@ -1,0 +1,1 @@
+"""Training: layered configuration, vectorised samplers, the three-phase loop, checkpoints."""

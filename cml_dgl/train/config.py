@@ -1,0 +1,138 @@
+"""Layered run configuration: defaults < presets < a user YAML file < ``--set key=value``.
+
+Every key has a default in ``presets/defaults.yaml``; a later layer may only set known keys, with a
+value of the default's type (an int where a float is expected is accepted). The resolved config is
+saved as ``config.yaml`` in the run directory.
+"""
+
+from __future__ import annotations
+
+from importlib import resources
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from cml_dgl.errors import CmlError
+
+PRESETS = ("retailrocket", "ijcai15", "tmall", "official")
+CHOICES: dict[str, tuple[str, ...]] = {
+    "model": ("cml", "pop", "pop-target", "mf", "lightgcn", "lightgcn-merged"),
+    "variant": ("full", "no-cl", "no-meta", "no-mke"),
+    "backend": ("auto", "dgl", "torch"),
+    "device": ("auto", "cpu", "cuda"),
+    "activation": ("prelu", "sigmoid"),
+    "norm": ("sym", "none"),
+    "meta_optimizer": ("adamw", "sgd"),
+    "cl_variant": ("paper", "official"),
+    "cl_similarity": ("dot", "cosine"),
+    "monitor": ("valid", "test"),
+    "monitor_metric": ("ndcg@10", "hr@10"),
+    "tie_rule": ("expected", "random", "pessimistic", "optimistic"),
+}
+POSITIVE = ("dim", "batch_size", "meta_batch", "meta_samples", "cl_chunk", "opt_step_up",
+            "opt_step_down", "meta_step_up", "meta_step_down", "patience")
+NON_NEGATIVE = ("epochs", "n_layers", "reg", "beta", "grad_clip", "lr_clone", "opt_base_lr",
+                "opt_max_lr", "meta_opt_base_lr", "meta_opt_max_lr", "meta_dropout")
+
+
+def _read_yaml(text: str, where: str) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise CmlError(f"{where}: not valid YAML ({str(e).splitlines()[0]})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise CmlError(f"{where}: expected a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def defaults() -> dict[str, Any]:
+    text = resources.files("cml_dgl.train").joinpath("presets/defaults.yaml").read_text()
+    return _read_yaml(text, "presets/defaults.yaml")
+
+
+def preset(name: str) -> dict[str, Any]:
+    if name not in PRESETS:
+        raise CmlError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+    text = resources.files("cml_dgl.train").joinpath(f"presets/{name}.yaml").read_text()
+    return _read_yaml(text, f"preset {name}")
+
+
+def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise CmlError(f"{where}: {key} must be true or false, got {value!r}")
+    elif isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise CmlError(f"{where}: {key} must be an integer, got {value!r}")
+    elif isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise CmlError(f"{where}: {key} must be a number, got {value!r}")
+        value = float(value)
+    elif isinstance(default, list):
+        if not isinstance(value, list) or not all(isinstance(v, int) and v > 0 for v in value):
+            raise CmlError(f"{where}: {key} must be a list of positive integers, got {value!r}")
+    elif isinstance(default, str):
+        if not isinstance(value, str):
+            raise CmlError(f"{where}: {key} must be a string, got {value!r}")
+    if key in CHOICES and value not in CHOICES[key]:
+        raise CmlError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    if key in POSITIVE and value <= 0:
+        raise CmlError(f"{where}: {key} must be positive, got {value!r}")
+    if key in NON_NEGATIVE and value < 0:
+        raise CmlError(f"{where}: {key} must be >= 0, got {value!r}")
+    return value
+
+
+def _apply(cfg: dict[str, Any], layer: dict[str, Any], where: str) -> None:
+    for key, value in layer.items():
+        if key not in cfg:
+            raise CmlError(f"{where}: unknown config key {key!r}")
+        cfg[key] = _coerce(key, value, cfg[key], where)
+
+
+def parse_set(item: str) -> tuple[str, Any]:
+    """Parse one ``--set key=value``; the value is read as YAML (``1e-3``, ``true``, ``[10,20]``)."""
+    if "=" not in item:
+        raise CmlError(f"--set {item!r}: expected key=value")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    value = _read_yaml(f"v: {raw}", f"--set {item}")["v"] if raw.strip() else ""
+    if isinstance(value, str):
+        try:
+            value = float(value) if any(c in value for c in ".eE") else value
+        except ValueError:
+            pass
+    return key, value
+
+
+def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
+            overrides: Iterable[str] = (), base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Build the run configuration from its layers; raise CmlError on any unknown key or bad value.
+
+    ``base`` (a saved run's config) replaces the defaults layer when resuming.
+    """
+    cfg = defaults()
+    if base is not None:
+        _apply(cfg, base, "saved config")
+    for name in presets:
+        _apply(cfg, preset(name), f"preset {name}")
+    if config_file is not None:
+        path = Path(config_file)
+        try:
+            text = path.read_text()
+        except OSError as e:
+            raise CmlError(f"{path}: cannot read config file ({e.strerror})") from None
+        _apply(cfg, _read_yaml(text, str(path)), str(path))
+    for item in overrides:
+        key, value = parse_set(item)
+        _apply(cfg, {key: value}, f"--set {item}")
+    if cfg["opt_max_lr"] < cfg["opt_base_lr"] or cfg["meta_opt_max_lr"] < cfg["meta_opt_base_lr"]:
+        raise CmlError("config: *_max_lr must be at least *_base_lr")
+    return cfg
+
+
+def dump(cfg: dict[str, Any]) -> str:
+    return yaml.safe_dump(cfg, sort_keys=True)
