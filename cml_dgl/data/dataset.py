@@ -176,6 +176,11 @@ def _save_array(directory: Path, name: str, arr: np.ndarray) -> dict[str, Any]:
     return {"sha256": sha256_file(path), "shape": list(arr.shape), "dtype": str(arr.dtype)}
 
 
+def _negatives(neg: np.ndarray, n: int) -> np.ndarray:
+    neg = np.asarray(neg, dtype=np.int32)
+    return neg if neg.ndim == 2 else neg.reshape(n, -1 if n else N_NEGATIVES)
+
+
 def _id_array(ids: np.ndarray) -> np.ndarray:
     ids = np.asarray(ids)
     if ids.dtype.kind in "iu":
@@ -194,8 +199,8 @@ def write_dataset(ds: Dataset, outdir: str | os.PathLike, overwrite: bool = Fals
         "train_time": ds.train_time[order].astype(np.int64),
         "valid": ds.valid.astype(np.int32).reshape(-1, 2),
         "test": ds.test.astype(np.int32).reshape(-1, 2),
-        "valid_negatives": ds.valid_negatives.astype(np.int32).reshape(len(ds.valid), -1),
-        "test_negatives": ds.test_negatives.astype(np.int32).reshape(len(ds.test), -1),
+        "valid_negatives": _negatives(ds.valid_negatives, len(ds.valid)),
+        "test_negatives": _negatives(ds.test_negatives, len(ds.test)),
         "user_ids": _id_array(ds.user_ids),
         "item_ids": _id_array(ds.item_ids),
     }

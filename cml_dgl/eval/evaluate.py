@@ -1,0 +1,234 @@
+"""Sampled (1 + stored negatives) and full (all items, training items masked) ranking evaluation.
+
+Scores are dot products ``s(u, i) = <user_emb[u], item_emb[i]>`` computed in float32 on the
+embeddings' device. Both protocols reduce each user to the pair ``(n_greater, n_tied)`` of
+:func:`cml_dgl.eval.metrics.positive_rank_bounds` and then apply one tie rule, so the metrics
+do not depend on how users are batched.
+
+The positive's score is always read from the same score computation as its competitors
+(a candidate row in the sampled protocol, a column of the chunk's score matrix in the full one),
+so items with identical embeddings give bit-identical scores and their ties are seen as ties.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+from cml_dgl.data.dataset import Dataset
+from cml_dgl.errors import CmlError
+from cml_dgl.eval.metrics import check_ks, check_tie_rule, metrics_from_bounds
+
+PROTOCOLS: tuple[str, ...] = ("sampled", "full")
+MASKS: tuple[str, ...] = ("target", "all")
+SPLITS: tuple[str, ...] = ("test", "valid")
+
+DEFAULT_MAX_CHUNK_ELEMS = 1 << 25
+"""Score entries per chunk (32 Mi float32 = 128 MiB, plus a bool temporary of 32 MiB)."""
+
+
+def _embeddings(user_emb: Any, item_emb: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    u = user_emb.detach() if isinstance(user_emb, torch.Tensor) else torch.from_numpy(np.asarray(user_emb))
+    device = u.device
+    i = item_emb.detach() if isinstance(item_emb, torch.Tensor) else torch.from_numpy(np.asarray(item_emb))
+    u = u.to(dtype=torch.float32)
+    i = i.to(device=device, dtype=torch.float32)
+    if u.ndim != 2 or i.ndim != 2 or u.shape[1] != i.shape[1]:
+        raise CmlError(f"embeddings must be (users, d) and (items, d) with the same d, "
+                       f"got {tuple(u.shape)} and {tuple(i.shape)}")
+    if not (torch.isfinite(u).all() and torch.isfinite(i).all()):
+        raise CmlError("embeddings contain NaN or infinite values (did training diverge?)")
+    return u, i
+
+
+def _pairs(pairs: Any) -> np.ndarray:
+    arr = np.asarray(pairs.cpu() if isinstance(pairs, torch.Tensor) else pairs).astype(np.int64)
+    if arr.ndim != 2 or arr.shape[1] != 2:
+        raise CmlError(f"pairs must have shape (n, 2) of (user, item), got {arr.shape}")
+    return arr
+
+
+def _check_ids(name: str, ids: np.ndarray, bound: int) -> None:
+    if ids.size and (int(ids.min()) < 0 or int(ids.max()) >= bound):
+        raise CmlError(f"{name} holds ids outside [0, {bound}) (embeddings of another dataset?)")
+
+
+def _chunk_rows(budget: int, row_elems: int) -> int:
+    if budget < 1:
+        raise ValueError(f"max_chunk_elems must be >= 1, got {budget}")
+    return max(1, budget // max(1, row_elems))
+
+
+def sampled_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, negatives: Any, *,
+                        max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_greater, n_tied)`` of each positive among its own row of ``negatives`` (n, m).
+
+    Users are batched so that a batch gathers at most ``max_chunk_elems`` embedding entries.
+    A negative equal to its row's positive is refused: it would tie with itself.
+    """
+    u_emb, i_emb = _embeddings(user_emb, item_emb)
+    pairs = _pairs(pairs)
+    negs = np.asarray(negatives.cpu() if isinstance(negatives, torch.Tensor) else negatives)
+    if negs.ndim != 2 or len(negs) != len(pairs) or negs.dtype.kind not in "iu":
+        raise CmlError(f"negatives must be integer ids with one row per pair, got {negs.dtype} {negs.shape} "
+                       f"for {len(pairs)} pairs")
+    _check_ids("pairs users", pairs[:, 0], u_emb.shape[0])
+    _check_ids("pairs items", pairs[:, 1], i_emb.shape[0])
+    _check_ids("negatives", negs, i_emb.shape[0])
+    step = _chunk_rows(max_chunk_elems, (negs.shape[1] + 1) * u_emb.shape[1])
+    g = np.empty(len(pairs), dtype=np.int64)
+    t = np.empty(len(pairs), dtype=np.int64)
+    device = u_emb.device
+    with torch.no_grad():
+        for lo in range(0, len(pairs), step):
+            hi = min(lo + step, len(pairs))
+            cands = np.concatenate([pairs[lo:hi, 1:], negs[lo:hi].astype(np.int64)], axis=1)
+            bad = np.flatnonzero((cands[:, 1:] == cands[:, :1]).any(1))
+            if bad.size:
+                row = lo + int(bad[0])
+                raise CmlError(f"negatives row {row} contains its own positive item {int(pairs[row, 1])}")
+            users = torch.from_numpy(pairs[lo:hi, 0]).to(device)
+            items = torch.from_numpy(cands).to(device)
+            scores = (i_emb[items] * u_emb[users].unsqueeze(1)).sum(-1)
+            pos = scores[:, :1]
+            g[lo:hi] = (scores[:, 1:] > pos).sum(1).cpu().numpy()
+            t[lo:hi] = (scores[:, 1:] == pos).sum(1).cpu().numpy()
+    return g, t
+
+
+def _canonical_mask(mask_csr: Any, n_users: int, n_items: int) -> sp.csr_matrix:
+    m = sp.csr_matrix(mask_csr)
+    if m.shape != (n_users, n_items):
+        raise CmlError(f"mask has shape {m.shape}, expected (users, items) = ({n_users}, {n_items})")
+    if not m.has_canonical_format:
+        m = m.copy()
+        m.sum_duplicates()
+    return m
+
+
+def full_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | None, *,
+                     max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> tuple[np.ndarray, np.ndarray]:
+    """``(n_greater, n_tied)`` of each positive among all items, less the user's masked items.
+
+    ``mask_csr``: users x items, its stored entries are the items excluded for that user (the
+    positive itself is never excluded); ``None`` masks nothing. Users are processed in chunks of
+    ``max(1, max_chunk_elems // n_items)`` rows, so no users x items matrix is ever allocated:
+
+        g_u = #{i : s(u,i) > s(u,p)} - #{i ∈ M_u \\ {p} : s(u,i) > s(u,p)}
+        t_u = #{i : s(u,i) = s(u,p)} - 1 - #{i ∈ M_u \\ {p} : s(u,i) = s(u,p)}
+    """
+    u_emb, i_emb = _embeddings(user_emb, item_emb)
+    pairs = _pairs(pairs)
+    n_users, n_items = u_emb.shape[0], i_emb.shape[0]
+    _check_ids("pairs users", pairs[:, 0], n_users)
+    _check_ids("pairs items", pairs[:, 1], n_items)
+    mask = None if mask_csr is None else _canonical_mask(mask_csr, n_users, n_items)
+    step = _chunk_rows(max_chunk_elems, n_items)
+    g = np.empty(len(pairs), dtype=np.int64)
+    t = np.empty(len(pairs), dtype=np.int64)
+    device = u_emb.device
+    item_t = i_emb.t()
+    with torch.no_grad():
+        for lo in range(0, len(pairs), step):
+            hi = min(lo + step, len(pairs))
+            c = hi - lo
+            users = pairs[lo:hi, 0]
+            pos_items = pairs[lo:hi, 1]
+            scores = u_emb[torch.from_numpy(users).to(device)] @ item_t
+            rows_t = torch.arange(c, device=device)
+            pos = scores[rows_t, torch.from_numpy(pos_items).to(device)].unsqueeze(1)
+            greater = (scores > pos).sum(1)
+            tied = (scores == pos).sum(1) - 1
+            if mask is not None:
+                sub = mask[users]
+                rows = np.repeat(np.arange(c, dtype=np.int64), np.diff(sub.indptr))
+                cols = sub.indices.astype(np.int64)
+                keep = cols != pos_items[rows]
+                if keep.any():
+                    r = torch.from_numpy(rows[keep]).to(device)
+                    ms = scores[r, torch.from_numpy(cols[keep]).to(device)]
+                    greater -= torch.bincount(r[ms > pos[r, 0]], minlength=c)
+                    tied -= torch.bincount(r[ms == pos[r, 0]], minlength=c)
+            g[lo:hi] = greater.cpu().numpy()
+            t[lo:hi] = tied.cpu().numpy()
+    return g, t
+
+
+def evaluate_sampled(user_emb: Any, item_emb: Any, pairs: Any, negatives: Any, ks: Sequence[int],
+                     tie_rule: str = "expected", seed: int = 0, *,
+                     max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> dict[str, float]:
+    """Metrics of each positive ranked among its stored negatives (see :mod:`cml_dgl.eval.metrics`)."""
+    ks = check_ks(ks)
+    check_tie_rule(tie_rule)
+    g, t = sampled_rank_bounds(user_emb, item_emb, pairs, negatives, max_chunk_elems=max_chunk_elems)
+    return metrics_from_bounds(g, t, ks, tie_rule, np.random.default_rng(seed))
+
+
+def evaluate_full(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | None, ks: Sequence[int],
+                  tie_rule: str = "expected", seed: int = 0, *,
+                  max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> dict[str, float]:
+    """Metrics of each positive ranked among all items, the user's ``mask_csr`` items excluded."""
+    ks = check_ks(ks)
+    check_tie_rule(tie_rule)
+    g, t = full_rank_bounds(user_emb, item_emb, pairs, mask_csr, max_chunk_elems=max_chunk_elems)
+    return metrics_from_bounds(g, t, ks, tie_rule, np.random.default_rng(seed))
+
+
+def training_mask(ds: Dataset, mask: str = "target") -> sp.csr_matrix:
+    """Users x items csr of the training items excluded by the full protocol.
+
+    ``target``: the training edges of the target (last) behavior; ``all``: of every behavior.
+    """
+    if mask == "target":
+        return ds.csr(ds.n_behaviors - 1)
+    if mask == "all":
+        m = ds.csr(0)
+        for k in range(1, ds.n_behaviors):
+            m = m + ds.csr(k)
+        m.sum_duplicates()
+        return m
+    raise CmlError(f"unknown mask {mask!r}; expected one of {MASKS}")
+
+
+def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", protocol: str = "sampled",
+             ks: Sequence[int] = (10, 20, 40), tie_rule: str = "expected", mask: str = "target",
+             seed: int = 0, max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> list[dict[str, Any]]:
+    """Evaluate embeddings on one split of ``ds``; one result dict per protocol.
+
+    ``protocol``: ``sampled`` (positive vs ``<split>_negatives``), ``full`` (positive vs every item
+    but the user's training items chosen by ``mask``) or ``both``. Each result is
+    ``{"protocol", "split", "tie_rule", "n_users", "metrics": {...}}``; ``mask`` is added for full.
+    """
+    if split not in SPLITS:
+        raise CmlError(f"unknown split {split!r}; expected one of {SPLITS}")
+    if protocol not in PROTOCOLS + ("both",):
+        raise CmlError(f"unknown protocol {protocol!r}; expected one of {PROTOCOLS + ('both',)}")
+    if mask not in MASKS:
+        raise CmlError(f"unknown mask {mask!r}; expected one of {MASKS}")
+    ks = check_ks(ks)
+    check_tie_rule(tie_rule)
+    pairs = getattr(ds, split)
+    if len(pairs) == 0:
+        extra = "; it was made with --no-valid" if split == "valid" else ""
+        raise CmlError(f"dataset has no {split} split{extra}")
+    n_users_emb = user_emb.shape[0]
+    n_items_emb = item_emb.shape[0]
+    if n_users_emb != ds.n_users or n_items_emb != ds.n_items:
+        raise CmlError(f"embeddings cover {n_users_emb} users / {n_items_emb} items, the dataset has "
+                       f"{ds.n_users} / {ds.n_items} (embeddings of another dataset?)")
+    results: list[dict[str, Any]] = []
+    for proto in PROTOCOLS if protocol == "both" else (protocol,):
+        if proto == "sampled":
+            metrics = evaluate_sampled(user_emb, item_emb, pairs, getattr(ds, f"{split}_negatives"), ks,
+                                       tie_rule, seed, max_chunk_elems=max_chunk_elems)
+            extra_fields: dict[str, Any] = {"n_negatives": int(getattr(ds, f"{split}_negatives").shape[1])}
+        else:
+            metrics = evaluate_full(user_emb, item_emb, pairs, training_mask(ds, mask), ks, tie_rule, seed,
+                                    max_chunk_elems=max_chunk_elems)
+            extra_fields = {"mask": mask}
+        results.append({"protocol": proto, "split": split, "tie_rule": tie_rule,
+                        "n_users": int(len(pairs)), **extra_fields, "metrics": metrics})
+    return results
