@@ -198,11 +198,12 @@ def test_evaluate_result_records_and_masks():
         assert set(r["metrics"]) == {"hr@5", "ndcg@5", "recall@5", "hr@10", "ndcg@10", "recall@10", "mrr"}
     assert res[0]["metrics"] == evaluate_sampled(ue, ie, ds.valid, ds.valid_negatives, (5, 10))
     assert res[1]["metrics"] == evaluate_full(ue, ie, ds.valid, ds.csr(ds.n_behaviors - 1), (5, 10))
-    # mask="all" excludes every behavior's training items
+    # mask="all" excludes every behavior's training items (and, on the test split, the valid item)
     union = sum(ds.csr(k) for k in range(ds.n_behaviors))
+    union = union + sp.csr_matrix((np.ones(len(ds.valid)), (ds.valid[:, 0], ds.valid[:, 1])), shape=union.shape)
     full_all = evaluate(ds, ue, ie, protocol="full", ks=(5, 10), mask="all")[0]
     assert full_all["metrics"] == evaluate_full(ue, ie, ds.test, union, (5, 10))
-    assert (training_mask(ds, "all").toarray() > 0).sum() == (union.toarray() > 0).sum()
+    assert (training_mask(ds, "all", "test").toarray() > 0).sum() == (union.toarray() > 0).sum()
     assert full_all["metrics"] != evaluate(ds, ue, ie, protocol="full", ks=(5, 10), mask="target")[0]["metrics"]
 
 
@@ -225,3 +226,12 @@ def test_empty_split_and_bad_inputs_raise_cml_error():
     negs[2, 0] = ds.test[2, 1]
     with pytest.raises(CmlError, match="row 2 contains its own positive"):
         evaluate_sampled(ue, ie, ds.test, negs, (10,))
+
+
+def test_test_split_masks_the_validation_purchase(tiny_dataset):
+    ds = tiny_dataset
+    m_test = training_mask(ds, "target", "test").toarray() > 0
+    m_valid = training_mask(ds, "target", "valid").toarray() > 0
+    assert m_test[ds.valid[:, 0], ds.valid[:, 1]].all()
+    assert (m_test & ~m_valid).sum() == len({(u, i) for u, i in ds.valid} - set(zip(*ds.edges(ds.n_behaviors - 1))))
+    assert not m_valid[ds.valid[:, 0], ds.valid[:, 1]].any()

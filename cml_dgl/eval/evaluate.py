@@ -177,20 +177,25 @@ def evaluate_full(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | None
     return metrics_from_bounds(g, t, ks, tie_rule, np.random.default_rng(seed))
 
 
-def training_mask(ds: Dataset, mask: str = "target") -> sp.csr_matrix:
-    """Users x items csr of the training items excluded by the full protocol.
+def training_mask(ds: Dataset, mask: str = "target", split: str = "valid") -> sp.csr_matrix:
+    """Users x items csr of the known items excluded by the full protocol.
 
     ``target``: the training edges of the target (last) behavior; ``all``: of every behavior.
+    On the test split the user's validation purchase is a known purchase too, and is masked.
     """
-    if mask == "target":
-        return ds.csr(ds.n_behaviors - 1)
-    if mask == "all":
-        m = ds.csr(0)
-        for k in range(1, ds.n_behaviors):
-            m = m + ds.csr(k)
-        m.sum_duplicates()
-        return m
-    raise CmlError(f"unknown mask {mask!r}; expected one of {MASKS}")
+    if mask not in MASKS:
+        raise CmlError(f"unknown mask {mask!r}; expected one of {MASKS}")
+    behaviors = [ds.n_behaviors - 1] if mask == "target" else range(ds.n_behaviors)
+    users = [ds.edges(k)[0] for k in behaviors]
+    items = [ds.edges(k)[1] for k in behaviors]
+    if split == "test" and len(ds.valid):
+        users.append(ds.valid[:, 0].astype(np.int64))
+        items.append(ds.valid[:, 1].astype(np.int64))
+    u, i = np.concatenate(users), np.concatenate(items)
+    m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(ds.n_users, ds.n_items))
+    m.sum_duplicates()
+    m.data[:] = 1
+    return m
 
 
 def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", protocol: str = "sampled",
@@ -226,7 +231,7 @@ def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", 
                                        tie_rule, seed, max_chunk_elems=max_chunk_elems)
             extra_fields: dict[str, Any] = {"n_negatives": int(getattr(ds, f"{split}_negatives").shape[1])}
         else:
-            metrics = evaluate_full(user_emb, item_emb, pairs, training_mask(ds, mask), ks, tie_rule, seed,
+            metrics = evaluate_full(user_emb, item_emb, pairs, training_mask(ds, mask, split), ks, tie_rule, seed,
                                     max_chunk_elems=max_chunk_elems)
             extra_fields = {"mask": mask}
         results.append({"protocol": proto, "split": split, "tie_rule": tie_rule,
