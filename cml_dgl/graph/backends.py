@@ -1,0 +1,227 @@
+"""The message-passing interface shared by CML and the baselines, with two interchangeable backends.
+
+For K relations (behaviors) with normalised adjacency :math:`\\hat A_k` (U × I, see
+:mod:`cml_dgl.graph.build`), a propagator maps user and item features to, for every k,
+
+.. math::  P_{user}[k] = \\hat A_k H_{item} \\quad (K, U, d), \\qquad
+           P_{item}[k] = \\hat A_k^T H_{user} \\quad (K, I, d)
+
+i.e. one step of Eq. 1 of the paper per behavior, without mixing behaviors.
+
+* ``"dgl"``: ``dgl.nn.HeteroGraphConv`` over a heterograph with relations (user, b, item) and
+  (item, rev_b, user), one parameter-free ``GraphConv`` per relation. ``GraphConv(norm='both')``
+  scales a message by (out-degree of the source)^-1/2 · (in-degree of the destination)^-1/2 in that
+  relation, which for a bipartite relation is exactly :math:`D_u^{-1/2} A_k D_i^{-1/2}`; zero-degree
+  nodes receive nothing, so their rows stay zero. CPU only.
+* ``"torch"``: the K relations stacked in one sparse CSR matrix, one sparse-dense product per side,
+  with a hand-written backward (the precomputed transpose). Any device; never imports DGL.
+
+Propagators are plain objects, not ``nn.Module`` s: models keep them as attributes outside their
+``state_dict`` and clones share them.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, Sequence, runtime_checkable
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from cml_dgl.errors import CmlError
+from cml_dgl.graph.build import (
+    ITEM,
+    NORMS,
+    REVERSE_PREFIX,
+    USER,
+    Relations,
+    build_heterograph,
+    import_dgl,
+    prepare_relations,
+    stacked_adjacency,
+)
+
+BACKENDS = ("auto", "dgl", "torch")
+DGL_VERSION_PREFIX = "2.1."
+
+
+@runtime_checkable
+class Propagator(Protocol):
+    """One normalised propagation step over every relation, kept separate per relation."""
+
+    n_behaviors: int
+    n_users: int
+    n_items: int
+    device: torch.device
+    names: tuple[str, ...]
+    norm: str
+    backend: str
+
+    def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
+        """P_user[k] = Â_k @ h_item (K,U,d) and P_item[k] = Â_k^T @ h_user (K,I,d), for every relation k."""
+        ...
+
+
+def _dgl_unavailable_reason() -> str | None:
+    """None when DGL 2.1.x imports, else why not."""
+    try:
+        dgl = import_dgl()
+    except Exception as e:  # noqa: BLE001  (a broken DGL install fails with many error types)
+        return f"dgl cannot be imported ({type(e).__name__}: {e})"
+    version = getattr(dgl, "__version__", "unknown")
+    if not str(version).startswith(DGL_VERSION_PREFIX):
+        return f"dgl {version} is installed, cml-dgl supports dgl {DGL_VERSION_PREFIX}x only"
+    return None
+
+
+def resolve_backend(backend: str, device: str | torch.device) -> str:
+    """The backend to use: ``"dgl"`` or ``"torch"``.
+
+    ``"auto"`` picks ``"dgl"`` on a CPU device where DGL 2.1.x imports, otherwise ``"torch"``.
+    Asking for ``"dgl"`` on a non-CPU device or where DGL is unusable raises :class:`CmlError`.
+    """
+    if backend not in BACKENDS:
+        raise CmlError(f"unknown message-passing backend {backend!r}; expected one of {list(BACKENDS)}")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise CmlError(f"invalid device {device!r} ({e})") from None
+    if backend == "torch":
+        return "torch"
+    if dev.type != "cpu":
+        if backend == "dgl":
+            raise CmlError(f"backend 'dgl' runs on the CPU only (no CUDA build of DGL 2.1 exists); "
+                           f"use backend 'torch' for device {dev}")
+        return "torch"
+    reason = _dgl_unavailable_reason()
+    if reason is None:
+        return "dgl"
+    if backend == "dgl":
+        raise CmlError(f"backend 'dgl' is unavailable: {reason}; install the 'dgl' extra "
+                       f"(pip install 'cml-dgl[dgl]') or use backend 'torch'")
+    return "torch"
+
+
+class _StackedSpMM(torch.autograd.Function):
+    """y = M x for a sparse constant M, with dx = M^T dy from a precomputed sparse M^T."""
+
+    @staticmethod
+    def forward(ctx, m: Tensor, m_t: Tensor, x: Tensor) -> Tensor:  # noqa: D102
+        ctx.m_t = m_t
+        return torch.sparse.mm(m, x)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        return None, None, torch.sparse.mm(ctx.m_t, grad.contiguous())
+
+
+class TorchPropagator:
+    """Pure-torch backend: :math:`[\\hat A_1; …; \\hat A_K] H_{item}` as one CSR product (any device)."""
+
+    backend = "torch"
+
+    def __init__(self, rel: Relations, norm: str, device: torch.device):
+        self.n_users, self.n_items, self.n_behaviors = rel.n_users, rel.n_items, rel.n_relations
+        self.names, self.norm, self.device = rel.names, norm, device
+        self.n_edges = rel.n_edges()
+        self._rel = rel
+        self._mats: dict[torch.dtype, dict[str, Tensor]] = {
+            torch.float32: stacked_adjacency(rel, norm, torch.float32, device)}
+
+    def _matrices(self, dtype: torch.dtype) -> dict[str, Tensor]:
+        if dtype not in self._mats:
+            self._mats[dtype] = stacked_adjacency(self._rel, self.norm, dtype, self.device)
+        return self._mats[dtype]
+
+    def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
+        _check_inputs(self, h_user, h_item)
+        m = self._matrices(h_item.dtype)
+        K, U, I = self.n_behaviors, self.n_users, self.n_items
+        p_user = _StackedSpMM.apply(m["ui"], m["ui_t"], h_item.contiguous()).view(K, U, -1)
+        p_item = _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous()).view(K, I, -1)
+        return p_user, p_item
+
+    def __repr__(self) -> str:
+        return (f"TorchPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r}, "
+                f"device={self.device})")
+
+
+class DGLPropagator:
+    """DGL backend: ``HeteroGraphConv`` of parameter-free ``GraphConv`` s, outputs stacked per relation."""
+
+    backend = "dgl"
+
+    def __init__(self, rel: Relations, norm: str):
+        import_dgl()
+        from dgl.nn import GraphConv, HeteroGraphConv  # noqa: PLC0415  (lazy: DGL is optional)
+
+        self.n_users, self.n_items, self.n_behaviors = rel.n_users, rel.n_items, rel.n_relations
+        self.names, self.norm, self.device = rel.names, norm, torch.device("cpu")
+        self.n_edges = rel.n_edges()
+        self.graph = build_heterograph(rel)
+        conv_norm = "both" if norm == "sym" else "none"
+        mods = {et: GraphConv(1, 1, norm=conv_norm, weight=False, bias=False, allow_zero_in_degree=True)
+                for _, et, _ in self.graph.canonical_etypes}
+        # HeteroGraphConv visits relations in g.canonical_etypes order (sorted by DGL); reorder to ours.
+        dst_order = {nt: [et for _, et, d in self.graph.canonical_etypes if d == nt] for nt in (USER, ITEM)}
+        want = {ITEM: list(rel.names), USER: [REVERSE_PREFIX + n for n in rel.names]}
+        self._perm = {nt: torch.tensor([dst_order[nt].index(et) for et in want[nt]]) for nt in (USER, ITEM)}
+        self.conv = HeteroGraphConv(mods, aggregate=_stack_first)
+
+    def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
+        _check_inputs(self, h_user, h_item)
+        out = self.conv(self.graph, {USER: h_user, ITEM: h_item})
+        return out[USER][self._perm[USER]], out[ITEM][self._perm[ITEM]]
+
+    def __repr__(self) -> str:
+        return f"DGLPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r})"
+
+
+def _stack_first(tensors: list[Tensor], dsttype: str) -> Tensor:
+    return torch.stack(tensors, 0)
+
+
+def _check_inputs(p, h_user: Tensor, h_item: Tensor) -> None:
+    if h_user.dim() != 2 or h_item.dim() != 2 or h_user.shape[0] != p.n_users or h_item.shape[0] != p.n_items:
+        raise CmlError(f"propagator expects features of shape ({p.n_users}, d) and ({p.n_items}, d), "
+                       f"got {tuple(h_user.shape)} and {tuple(h_item.shape)}")
+    if not same_device(h_user.device, p.device) or not same_device(h_item.device, p.device):
+        raise CmlError(f"features on {h_user.device}/{h_item.device} but the {p.backend} propagator "
+                       f"is on {p.device}; build it with device={h_user.device}")
+
+
+def same_device(a: torch.device, b: torch.device) -> bool:
+    """Equal devices, treating an unset CUDA index as matching any index."""
+    return a.type == b.type and (a.index is None or b.index is None or a.index == b.index)
+
+
+def build_propagator(n_users: int, n_items: int, edges: Sequence[tuple[np.ndarray, np.ndarray]], *,
+                     backend: str = "auto", norm: str = "sym", device: str | torch.device = "cpu",
+                     names: Sequence[str] | None = None) -> Propagator:
+    """A propagator over K relations given as (users, items) id arrays; see the module docstring."""
+    if norm not in NORMS:
+        raise CmlError(f"unknown graph normalisation {norm!r}; expected one of {list(NORMS)}")
+    chosen = resolve_backend(backend, device)
+    rel = prepare_relations(n_users, n_items, edges, names)
+    if chosen == "dgl":
+        return DGLPropagator(rel, norm)
+    return TorchPropagator(rel, norm, torch.device(device))
+
+
+def propagator_for_dataset(ds, *, backend: str = "auto", norm: str = "sym", device: str | torch.device = "cpu",
+                           merge: bool = False, behaviors: Sequence[int] | None = None) -> Propagator:
+    """A propagator over a :class:`~cml_dgl.data.dataset.Dataset`'s training edges.
+
+    ``behaviors`` selects behavior indices (default: all, target last), e.g. ``[K-1]`` for target
+    only; ``merge=True`` makes a single relation, the deduplicated union of the selected behaviors
+    (LightGCN on merged behaviors).
+    """
+    ks = list(range(ds.n_behaviors)) if behaviors is None else [int(k) for k in behaviors]
+    if not ks or any(k < 0 or k >= ds.n_behaviors for k in ks) or len(set(ks)) != len(ks):
+        raise CmlError(f"behaviors must be distinct indices in [0, {ds.n_behaviors}), got {behaviors}")
+    edges = [ds.edges(k) for k in ks]
+    names = [ds.behaviors[k] for k in ks]
+    if merge:
+        edges = [(np.concatenate([u for u, _ in edges]), np.concatenate([i for _, i in edges]))]
+        names = ["+".join(names)]
+    return build_propagator(ds.n_users, ds.n_items, edges, backend=backend, norm=norm, device=device, names=names)

@@ -1,0 +1,142 @@
+"""The behavior-aware graph encoder of CML (paper Eq. 1-2, readout as in the authors' code).
+
+Notation: U users, I items, K behaviors (target last), d = ``dim``, L = ``n_layers``, act = PReLU
+(paper) or sigmoid (official code), :math:`\\hat A_k` the (normalised) U × I matrix of behavior k
+held by the propagator. With :math:`H_u^0 = E_u`, :math:`H_i^0 = E_i`, for l = 1..L:
+
+.. math::
+
+    P_u^{k,l} = \\hat A_k H_i^{l-1}, \\qquad P_i^{k,l} = \\hat A_k^T H_u^{l-1}
+        \\qquad \\text{(Eq. 1, every k)}
+
+    H_u^l = \\mathrm{act}_u^l\\big(\\tfrac1K \\textstyle\\sum_k P_u^{k,l}\\, W_u^l\\big), \\qquad
+    H_u^{k,l} = \\mathrm{act}_u^l\\big(P_u^{k,l} W_u^l\\big) \\qquad \\text{(Eq. 2; items alike)}
+
+Only the fused :math:`H^l` feeds layer l+1; the behavior-specific :math:`H^{k,l}` is computed from
+the fused :math:`H^{l-1}`. Readout (ego layer 0 excluded, one C per side shared by both views):
+
+.. math::  Z_u = [H_u^1 \\| \\dots \\| H_u^L]\\, C_u, \\qquad Z_u^k = [H_u^{k,1} \\| \\dots \\| H_u^{k,L}]\\, C_u
+
+Scores are :math:`\\hat y(u,i) = \\langle Z_u[u], Z_i[i] \\rangle`. Because act is applied to a
+propagated sum without bias, every node without neighbours gets the same :math:`H^l` (act(0)), so all
+items without training edges share one embedding and tie in any ranking.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from cml_dgl.errors import CmlError
+from cml_dgl.graph.backends import Propagator, same_device
+
+ACTIVATIONS = ("prelu", "sigmoid")
+
+
+@dataclass
+class CMLOutput:
+    """Fused ``user`` (U,d), ``item`` (I,d) and behavior-specific ``user_beh`` (K,U,d), ``item_beh`` (K,I,d)."""
+
+    user: Tensor
+    item: Tensor
+    user_beh: Tensor
+    item_beh: Tensor
+
+
+class CML(nn.Module):
+    """CML encoder; see the module docstring for the equations.
+
+    Parameters: E_u, E_i (Xavier uniform); per layer W_u^l, W_i^l (d × d, Xavier, shared by the fused
+    and every behavior-specific path); per layer one single-parameter PReLU per side (only with
+    ``activation="prelu"``); readout C_u, C_i (L·d × d, Xavier). The propagator is a plain
+    attribute: it is neither a submodule nor in the ``state_dict``, and :meth:`clone` shares it.
+    """
+
+    def __init__(self, n_users: int, n_items: int, n_behaviors: int, propagator: Propagator, dim: int = 16,
+                 n_layers: int = 3, activation: str = "prelu"):
+        super().__init__()
+        if activation not in ACTIVATIONS:
+            raise CmlError(f"unknown activation {activation!r}; expected one of {list(ACTIVATIONS)}")
+        if dim < 1 or n_layers < 1:
+            raise CmlError(f"dim and n_layers must be positive, got dim={dim}, n_layers={n_layers}")
+        got = (propagator.n_users, propagator.n_items, propagator.n_behaviors)
+        if got != (n_users, n_items, n_behaviors):
+            raise CmlError(f"the propagator has (users, items, behaviors) = {got}, the model was asked "
+                           f"for {(n_users, n_items, n_behaviors)}")
+        self.n_users, self.n_items, self.n_behaviors = n_users, n_items, n_behaviors
+        self.dim, self.n_layers, self.activation = dim, n_layers, activation
+        object.__setattr__(self, "propagator", propagator)  # never registered as a submodule
+        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim)))
+        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim)))
+        self.user_w = nn.ParameterList(
+            [nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, dim))) for _ in range(n_layers)])
+        self.item_w = nn.ParameterList(
+            [nn.Parameter(nn.init.xavier_uniform_(torch.empty(dim, dim))) for _ in range(n_layers)])
+        if activation == "prelu":
+            self.user_act = nn.ModuleList([nn.PReLU(1) for _ in range(n_layers)])
+            self.item_act = nn.ModuleList([nn.PReLU(1) for _ in range(n_layers)])
+        self.user_readout = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_layers * dim, dim)))
+        self.item_readout = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_layers * dim, dim)))
+
+    def _act(self, side: str, layer: int, x: Tensor) -> Tensor:
+        if self.activation == "sigmoid":
+            return torch.sigmoid(x)
+        return (self.user_act if side == "user" else self.item_act)[layer](x)
+
+    def _encode(self, behavior_specific: bool) -> CMLOutput:
+        if not same_device(self.user_emb.device, self.propagator.device):
+            raise CmlError(f"model parameters are on {self.user_emb.device} but the propagator is on "
+                           f"{self.propagator.device}; build the propagator for the model's device")
+        h_u, h_i = self.user_emb, self.item_emb
+        fused_u, fused_i, beh_u, beh_i = [], [], [], []
+        for layer in range(self.n_layers):
+            p_u, p_i = self.propagator(h_u, h_i)
+            # mean_k(P^k) W = mean_k(P^k W): one (K,·,d) product serves both paths
+            q_u = p_u @ self.user_w[layer]
+            q_i = p_i @ self.item_w[layer]
+            h_u = self._act("user", layer, q_u.mean(0))
+            h_i = self._act("item", layer, q_i.mean(0))
+            fused_u.append(h_u)
+            fused_i.append(h_i)
+            if behavior_specific:
+                beh_u.append(self._act("user", layer, q_u))
+                beh_i.append(self._act("item", layer, q_i))
+        user = torch.cat(fused_u, -1) @ self.user_readout
+        item = torch.cat(fused_i, -1) @ self.item_readout
+        if not behavior_specific:
+            empty = user.new_empty(0)
+            return CMLOutput(user, item, empty, empty)
+        return CMLOutput(user, item, torch.cat(beh_u, -1) @ self.user_readout,
+                         torch.cat(beh_i, -1) @ self.item_readout)
+
+    def forward(self) -> CMLOutput:
+        """Fused and behavior-specific embeddings of all users and items."""
+        return self._encode(behavior_specific=True)
+
+    def embeddings(self) -> tuple[Tensor, Tensor]:
+        """Fused (user (U,d), item (I,d)) embeddings, the ones used for scoring (skips the K views)."""
+        out = self._encode(behavior_specific=False)
+        return out.user, out.item
+
+    def clone(self) -> "CML":
+        """An independent copy of the parameters (no RNG draws), sharing this model's propagator."""
+        new = copy.deepcopy(self, memo={id(self.propagator): self.propagator})
+        for p in new.parameters():
+            p.grad = None
+        return new
+
+    @staticmethod
+    def score(user_emb: Tensor, item_emb: Tensor, users: Tensor, items: Tensor) -> Tensor:
+        """:math:`\\langle Z_u[u], Z_i[i] \\rangle`; ``users`` (n,) with ``items`` (n,) or (n, m) candidates."""
+        u = user_emb[users]
+        i = item_emb[items]
+        if i.dim() == u.dim() + 1:
+            u = u.unsqueeze(-2)
+        return (u * i).sum(-1)
+
+    def extra_repr(self) -> str:
+        return (f"users={self.n_users}, items={self.n_items}, behaviors={self.n_behaviors}, dim={self.dim}, "
+                f"layers={self.n_layers}, activation={self.activation!r}, propagator={self.propagator!r}")

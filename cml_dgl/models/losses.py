@@ -1,0 +1,104 @@
+"""Per-sample losses of CML: BPR (paper Eq. 7) and the behavior-wise contrastive loss (Eq. 3).
+
+Both return one value per sample; the trainer weights them with the meta network and reduces them.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from cml_dgl.errors import CmlError
+
+SIMILARITIES = ("dot", "cosine")
+VARIANTS = ("paper", "official")
+_LOG_EPS = math.log(1e-8)
+
+
+def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
+    """:math:`\\ell = -\\ln \\sigma(\\hat y_{u,i^+} - \\hat y_{u,i^-})` per triple (Eq. 7 without the L2 term).
+
+    Computed as ``-logsigmoid``, which is finite for any score gap.
+    """
+    return -F.logsigmoid(pos_scores - neg_scores)
+
+
+def contrastive_loss(anchor: Tensor, view: Tensor, *, temperature: float, similarity: str = "dot",
+                     variant: str = "paper", chunk_size: int | None = None, users: Tensor | None = None) -> Tensor:
+    """Per-anchor contrastive loss between two views of the same n sampled users, shape (n,).
+
+    Row u of ``anchor`` (the target-behavior view :math:`e_u^k`) and row u of ``view`` (behavior
+    k' view :math:`e_u^{k'}`) form the positive pair; with
+    :math:`s(a, b) = \\varphi(a, b)/\\tau`, :math:`\\varphi` = dot product or cosine similarity:
+
+    * ``"paper"`` (InfoNCE, Eq. 3), the positive is in the denominator:
+
+      .. math:: \\ell_u = -s(a_u, v_u) + \\log \\sum_{u'} \\exp s(a_u, v_{u'})
+
+      Duplicates: when ``users`` is given, other rows holding the same user id are removed from the
+      anchor's denominator (they are not negatives of themselves). ``chunk_size`` is ignored.
+
+    * ``"official"`` (the authors' code, spec 3.2), the positive is *not* in the denominator and
+      negatives are the distinct users of the sample outside the anchor's chunk (rows split in order
+      into chunks of ``chunk_size``; ``None`` means chunks of one row, i.e. every other user):
+
+      .. math:: \\ell_u = -\\log\\Big( \\frac{\\exp s(a_u, v_u)}{\\sum_{v \\in set(S) \\setminus set(C_u)}
+                \\exp s(a_u, v) + 10^{-8}} + 10^{-8} \\Big)
+
+      With ``users`` given, each distinct id counts once (its first row) and an id present in the
+      anchor's chunk is no negative (set semantics of the code). An anchor without negatives gets
+      :math:`-s(a_u,v_u) - \\ln 10^8`, as in the code. The code's setting is ``similarity="dot"``,
+      ``temperature=d``.
+
+    Everything is one n × n product plus masks, evaluated in log space (logsumexp) for stability.
+    ``users`` (n,) are the user ids of the rows; without it rows are taken as distinct users.
+    """
+    if variant not in VARIANTS:
+        raise CmlError(f"unknown contrastive variant {variant!r}; expected one of {list(VARIANTS)}")
+    if similarity not in SIMILARITIES:
+        raise CmlError(f"unknown similarity {similarity!r}; expected one of {list(SIMILARITIES)}")
+    if not temperature > 0:
+        raise CmlError(f"the contrastive temperature must be positive, got {temperature}")
+    if chunk_size is not None and chunk_size < 1:
+        raise CmlError(f"chunk_size must be a positive integer or None, got {chunk_size}")
+    if anchor.dim() != 2 or anchor.shape != view.shape:
+        raise CmlError(f"anchor and view must both have shape (n, d), got {tuple(anchor.shape)} "
+                       f"and {tuple(view.shape)}")
+    n = anchor.shape[0]
+    if users is not None and tuple(users.shape) != (n,):
+        raise CmlError(f"users must have shape ({n},), got {tuple(users.shape)}")
+    if n == 0:
+        return anchor.new_zeros(0)
+    if similarity == "cosine":
+        anchor = F.normalize(anchor, dim=-1)
+        view = F.normalize(view, dim=-1)
+    logits = (anchor @ view.T) / temperature
+    pos = logits.diagonal()
+    ids = torch.arange(n, device=anchor.device) if users is None else users.to(anchor.device)
+    if variant == "paper":
+        same = ids[:, None] == ids[None, :]
+        same.fill_diagonal_(False)
+        return torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1) - pos
+    neg = _official_negatives(ids, 1 if chunk_size is None else chunk_size)
+    eps_col = logits.new_full((n, 1), _LOG_EPS)
+    log_neg = torch.logsumexp(torch.cat([logits.masked_fill(~neg, float("-inf")), eps_col], 1), dim=1)
+    return -torch.logaddexp(pos - log_neg, torch.full_like(pos, _LOG_EPS))
+
+
+def _official_negatives(ids: Tensor, chunk_size: int) -> Tensor:
+    """Bool (n, n): column j is a negative of anchor i iff j is the first row of its user id and
+    that id does not occur in i's chunk."""
+    n = ids.shape[0]
+    rows = torch.arange(n, device=ids.device)
+    _, inv = torch.unique(ids, return_inverse=True)
+    n_ids = int(inv.max()) + 1
+    first_row = torch.full((n_ids,), n, device=ids.device, dtype=torch.long).scatter_reduce(
+        0, inv, rows, reduce="amin")
+    is_first = first_row[inv] == rows
+    chunk = rows // chunk_size
+    in_chunk = torch.zeros(int(chunk[-1]) + 1, n_ids, dtype=torch.bool, device=ids.device)
+    in_chunk[chunk, inv] = True
+    return is_first[None, :] & ~in_chunk[chunk][:, inv]

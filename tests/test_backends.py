@@ -1,0 +1,161 @@
+"""The DGL and pure-torch message-passing backends agree with each other and with dense algebra."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from cml_dgl.errors import CmlError
+from cml_dgl.graph import build_propagator, propagator_for_dataset, resolve_backend
+from cml_dgl.graph.build import prepare_relations
+from cml_dgl.models import CML
+from conftest import make_tiny_dataset
+
+pytest.importorskip("dgl", reason="the DGL backend needs dgl 2.1 (pip install 'cml-dgl[dgl]')")
+
+NORMS = ["sym", "none"]
+
+
+def _dense_reference(n_users, n_items, edges, norm):
+    """Â_k as dense float64 numpy matrices, from the definition."""
+    mats = []
+    for u, i in edges:
+        a = np.zeros((n_users, n_items))
+        a[u, i] = 1.0
+        if norm == "sym":
+            du, di = a.sum(1), a.sum(0)
+            inv_u = np.where(du > 0, 1 / np.sqrt(np.maximum(du, 1)), 0.0)
+            inv_i = np.where(di > 0, 1 / np.sqrt(np.maximum(di, 1)), 0.0)
+            a = inv_u[:, None] * a * inv_i[None, :]
+        mats.append(a)
+    return mats
+
+
+def _graphs():
+    """(name, n_users, n_items, edges, names): the tiny dataset, and one with an empty behavior,
+    duplicate edges and isolated users/items."""
+    ds = make_tiny_dataset()
+    tiny = [ds.edges(k) for k in range(ds.n_behaviors)]
+    rng = np.random.default_rng(3)
+    u = rng.integers(0, 6, 25)
+    i = rng.integers(0, 8, 25)
+    odd = [(u, i), (np.zeros(0, np.int64), np.zeros(0, np.int64)), (u[:7], i[:7])]
+    return [("tiny", ds.n_users, ds.n_items, tiny, ds.behaviors),
+            ("empty-behavior", 9, 11, odd, ["pv", "fav", "buy"])]
+
+
+GRAPHS = _graphs()
+
+
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("graph", GRAPHS, ids=[g[0] for g in GRAPHS])
+def test_backends_match_dense_reference(graph, norm):
+    _, n_users, n_items, edges, names = graph
+    torch.manual_seed(0)
+    h_user = torch.randn(n_users, 5)
+    h_item = torch.randn(n_items, 5)
+    ref = _dense_reference(n_users, n_items, edges, norm)
+    expect_u = np.stack([a @ h_item.double().numpy() for a in ref])
+    expect_i = np.stack([a.T @ h_user.double().numpy() for a in ref])
+    outs = {}
+    for backend in ("dgl", "torch"):
+        prop = build_propagator(n_users, n_items, edges, backend=backend, norm=norm, names=names)
+        assert prop.backend == backend and prop.n_behaviors == len(edges)
+        p_u, p_i = prop(h_user, h_item)
+        assert p_u.shape == (len(edges), n_users, 5) and p_i.shape == (len(edges), n_items, 5)
+        outs[backend] = (p_u, p_i)
+    for backend in ("torch", "dgl"):
+        np.testing.assert_allclose(outs[backend][0].numpy(), expect_u, atol=1e-5, rtol=1e-5)
+        np.testing.assert_allclose(outs[backend][1].numpy(), expect_i, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs["dgl"][0], outs["torch"][0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(outs["dgl"][1], outs["torch"][1], atol=1e-5, rtol=1e-5)
+
+
+def test_relation_order_is_kept_whatever_the_names():
+    """DGL sorts relation names; the propagator must still return them in the given order."""
+    edges = [(np.array([0]), np.array([0])), (np.array([1, 1]), np.array([0, 1])), (np.zeros(0, int), np.zeros(0, int))]
+    h_user = torch.tensor([[1.0], [10.0]])
+    h_item = torch.tensor([[1.0], [2.0]])
+    for backend in ("dgl", "torch"):
+        prop = build_propagator(2, 2, edges, backend=backend, norm="none", names=["zz", "aa", "mm"])
+        p_u, p_i = prop(h_user, h_item)
+        assert p_u[:, :, 0].tolist() == [[1.0, 0.0], [0.0, 3.0], [0.0, 0.0]]
+        assert p_i[:, :, 0].tolist() == [[1.0, 0.0], [10.0, 10.0], [0.0, 0.0]]
+
+
+@pytest.mark.parametrize("activation", ["prelu", "sigmoid"])
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("graph", GRAPHS, ids=[g[0] for g in GRAPHS])
+def test_cml_forward_and_gradients_equal_across_backends(graph, norm, activation):
+    _, n_users, n_items, edges, names = graph
+    K = len(edges)
+    models, grads, outs = {}, {}, {}
+    torch.manual_seed(1)
+    ref = None
+    for backend in ("dgl", "torch"):
+        prop = build_propagator(n_users, n_items, edges, backend=backend, norm=norm, names=names)
+        model = CML(n_users, n_items, K, prop, dim=8, n_layers=3, activation=activation)
+        if ref is None:
+            ref = model.state_dict()
+            gen = torch.Generator().manual_seed(2)
+            coef = [torch.randn(s, generator=gen) for s in
+                    [(n_users, 8), (n_items, 8), (K, n_users, 8), (K, n_items, 8)]]
+        else:
+            model.load_state_dict(ref)
+        out = model()
+        loss = sum((c * t).sum() for c, t in zip(coef, (out.user, out.item, out.user_beh, out.item_beh)))
+        loss.backward()
+        models[backend] = model
+        outs[backend] = out
+        grads[backend] = {n: p.grad.clone() for n, p in model.named_parameters()}
+    for field in ("user", "item", "user_beh", "item_beh"):
+        torch.testing.assert_close(getattr(outs["dgl"], field), getattr(outs["torch"], field), atol=1e-5, rtol=1e-5)
+    assert grads["dgl"].keys() == grads["torch"].keys()
+    for name, g in grads["dgl"].items():
+        assert g.abs().sum() > 0 or name.startswith(("user_act", "item_act")), name
+        torch.testing.assert_close(g, grads["torch"][name], atol=1e-5, rtol=1e-5, msg=name)
+
+
+def test_propagator_for_dataset_merge_and_selection(tiny_dataset):
+    ds = tiny_dataset
+    K = ds.n_behaviors
+    merged = propagator_for_dataset(ds, backend="torch", merge=True, norm="none")
+    assert merged.n_behaviors == 1 and merged.names == ("view+cart+buy",)
+    keys = np.unique(np.concatenate([u * ds.n_items + i for u, i in (ds.edges(k) for k in range(K))]))
+    assert merged.n_edges == [len(keys)]
+    h_item = torch.eye(ds.n_items)
+    p_u, _ = merged(torch.zeros(ds.n_users, ds.n_items), h_item)
+    dense = np.zeros((ds.n_users, ds.n_items))
+    dense[keys // ds.n_items, keys % ds.n_items] = 1
+    np.testing.assert_array_equal(p_u[0].numpy(), dense)
+    target = propagator_for_dataset(ds, backend="torch", behaviors=[K - 1])
+    assert target.names == (ds.target,) and target.n_edges == [len(ds.edges(K - 1)[0])]
+    with pytest.raises(CmlError, match="behaviors"):
+        propagator_for_dataset(ds, behaviors=[K])
+
+
+def test_resolve_backend():
+    assert resolve_backend("auto", "cpu") == "dgl"
+    assert resolve_backend("dgl", torch.device("cpu")) == "dgl"
+    assert resolve_backend("torch", "cpu") == "torch"
+    assert resolve_backend("auto", "cuda") == "torch"
+    assert resolve_backend("torch", "cuda:0") == "torch"
+    with pytest.raises(CmlError, match="CPU only"):
+        resolve_backend("dgl", "cuda")
+    with pytest.raises(CmlError, match="unknown message-passing backend"):
+        resolve_backend("mkl", "cpu")
+    with pytest.raises(CmlError, match="invalid device"):
+        resolve_backend("auto", "gpu7")
+
+
+def test_bad_graph_input_is_a_clear_error():
+    with pytest.raises(CmlError, match="item ids outside"):
+        build_propagator(2, 2, [(np.array([0]), np.array([2]))], backend="torch")
+    with pytest.raises(CmlError, match="distinct"):
+        prepare_relations(2, 2, [(np.array([0]), np.array([1]))] * 2, names=["a", "a"])
+    with pytest.raises(CmlError, match="normalisation"):
+        build_propagator(2, 2, [(np.array([0]), np.array([1]))], backend="torch", norm="rw")
+    prop = build_propagator(2, 2, [(np.array([0]), np.array([1]))], backend="torch")
+    with pytest.raises(CmlError, match="expects features of shape"):
+        prop(torch.zeros(3, 4), torch.zeros(2, 4))
