@@ -157,3 +157,16 @@ def test_model_and_propagator_must_agree(tiny_dataset):
     prop = propagator_for_dataset(tiny_dataset, backend="torch")
     with pytest.raises(CmlError, match="propagator has"):
         CML(tiny_dataset.n_users, tiny_dataset.n_items, tiny_dataset.n_behaviors + 1, prop)
+
+
+def test_forward_without_item_views_matches_full_forward(tiny_dataset):
+    from cml_dgl.graph.backends import propagator_for_dataset
+    from cml_dgl.models.cml import CML
+
+    ds = tiny_dataset
+    torch.manual_seed(0)
+    model = CML(ds.n_users, ds.n_items, ds.n_behaviors, propagator_for_dataset(ds, backend="torch"))
+    full, lean = model(), model(item_behavior=False)
+    assert lean.item_beh.numel() == 0
+    for a, b in ((full.user, lean.user), (full.item, lean.item), (full.user_beh, lean.user_beh)):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)

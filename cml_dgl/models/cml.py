@@ -86,7 +86,7 @@ class CML(nn.Module):
             return torch.sigmoid(x)
         return (self.user_act if side == "user" else self.item_act)[layer](x)
 
-    def _encode(self, behavior_specific: bool) -> CMLOutput:
+    def _encode(self, behavior_specific: bool, item_behavior: bool = True) -> CMLOutput:
         if not same_device(self.user_emb.device, self.propagator.device):
             raise CmlError(f"model parameters are on {self.user_emb.device} but the propagator is on "
                            f"{self.propagator.device}; build the propagator for the model's device")
@@ -96,25 +96,31 @@ class CML(nn.Module):
             p_u, p_i = self.propagator(h_u, h_i)
             # mean_k(P^k) W = mean_k(P^k W): one (K,·,d) product serves both paths
             q_u = p_u @ self.user_w[layer]
-            q_i = p_i @ self.item_w[layer]
+            item_views = behavior_specific and item_behavior
+            q_i = p_i @ self.item_w[layer] if item_views else p_i.mean(0) @ self.item_w[layer]
             h_u = self._act("user", layer, q_u.mean(0))
-            h_i = self._act("item", layer, q_i.mean(0))
+            h_i = self._act("item", layer, q_i.mean(0) if item_views else q_i)
             fused_u.append(h_u)
             fused_i.append(h_i)
             if behavior_specific:
                 beh_u.append(self._act("user", layer, q_u))
-                beh_i.append(self._act("item", layer, q_i))
+                if item_behavior:
+                    beh_i.append(self._act("item", layer, q_i))
         user = torch.cat(fused_u, -1) @ self.user_readout
         item = torch.cat(fused_i, -1) @ self.item_readout
         if not behavior_specific:
             empty = user.new_empty(0)
             return CMLOutput(user, item, empty, empty)
-        return CMLOutput(user, item, torch.cat(beh_u, -1) @ self.user_readout,
-                         torch.cat(beh_i, -1) @ self.item_readout)
+        item_beh = torch.cat(beh_i, -1) @ self.item_readout if item_behavior else item.new_empty(0)
+        return CMLOutput(user, item, torch.cat(beh_u, -1) @ self.user_readout, item_beh)
 
-    def forward(self) -> CMLOutput:
-        """Fused and behavior-specific embeddings of all users and items."""
-        return self._encode(behavior_specific=True)
+    def forward(self, item_behavior: bool = True) -> CMLOutput:
+        """Fused and behavior-specific embeddings of all users and items.
+
+        ``item_behavior=False`` skips the item-side behavior-specific views (``item_beh`` is then
+        empty): no loss uses them, so training leaves them out.
+        """
+        return self._encode(behavior_specific=True, item_behavior=item_behavior)
 
     def embeddings(self) -> tuple[Tensor, Tensor]:
         """Fused (user (U,d), item (I,d)) embeddings, the ones used for scoring (skips the K views)."""

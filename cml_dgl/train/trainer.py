@@ -202,7 +202,7 @@ class Trainer:
                 clone = self.model.clone()
                 clone_opt = torch.optim.AdamW(clone.parameters(), lr=cfg["lr_clone"],
                                               weight_decay=cfg["opt_weight_decay"])
-                obj, _ = self._objective(clone(), triples, s1, "grad")
+                obj, _ = self._objective(clone(item_behavior=False), triples, s1, "grad")
                 self.meta_opt.zero_grad(set_to_none=True)
                 obj.backward()
                 if cfg["grad_clip"] > 0:
@@ -210,14 +210,14 @@ class Trainer:
                 self._clip_step(clone_opt, list(clone.parameters()))
                 self.meta_opt.step()
                 t = self._tick("phase1_clone", t)
-                meta_obj, _ = self._objective(clone(), meta_triples, s2, "grad")
+                meta_obj, _ = self._objective(clone(item_behavior=False), meta_triples, s2, "grad")
                 self.meta_opt.zero_grad(set_to_none=True)
                 (0.5 * meta_obj).backward()
                 self._clip_step(self.meta_opt, list(self.meta.parameters()))
                 sums["meta"] = sums.get("meta", 0.0) + float(meta_obj.detach())
                 del clone, clone_opt
                 t = self._tick("phase2_meta", t)
-            obj, logs = self._objective(self.model(), triples, s3, "nograd" if use_meta else "none")
+            obj, logs = self._objective(self.model(item_behavior=False), triples, s3, "nograd" if use_meta else "none")
             self.opt.zero_grad(set_to_none=True)
             obj.backward()
             self._clip_step(self.opt, list(self.model.parameters()))
