@@ -19,15 +19,8 @@ def cli() -> None:
 
 def _register() -> None:
     # each module adds its commands to ``cli``
-    for name in ("preprocess", "train", "evaluate", "export", "recommend", "report", "demo"):
-        try:
-            __import__(f"cli.{name}")
-        except ModuleNotFoundError as e:
-            if e.name != f"cli.{name}":
-                raise
+    for name in ("preprocess", "train", "evaluate", "export", "demo"):
+        __import__(f"cli.{name}")
 
 
 _register()
-
-if __name__ == "__main__":
-    cli()

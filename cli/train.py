@@ -20,7 +20,7 @@ SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backen
 @click.option("-o", "--out", "run_dir", type=click.Path(path_type=Path),
               help="Run directory to create (config, metrics.jsonl, checkpoints).")
 @click.option("--preset", "presets", multiple=True,
-              type=click.Choice(["retailrocket", "ijcai15", "tmall", "official"]),
+              type=click.Choice(["retailrocket", "ijcai15", "tmall", "official", "demo"]),
               help="Published hyperparameters; repeatable (later wins), e.g. --preset retailrocket --preset official.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="A YAML file of config keys, over the presets.")

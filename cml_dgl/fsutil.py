@@ -39,6 +39,9 @@ def atomic_dir(outdir: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     except OSError as e:
         raise CmlError(f"{parent}: cannot create output parent directory ({e.strerror})") from None
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the output is an ordinary directory
     try:
         yield tmp
         if out.exists():

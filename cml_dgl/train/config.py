@@ -15,7 +15,7 @@ import yaml
 
 from cml_dgl.errors import CmlError
 
-PRESETS = ("retailrocket", "ijcai15", "tmall", "official")
+PRESETS = ("retailrocket", "ijcai15", "tmall", "official", "demo")
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": ("cml", "pop", "pop-target", "mf", "lightgcn", "lightgcn-merged"),
     "variant": ("full", "no-cl", "no-meta", "no-mke"),

@@ -1,0 +1,166 @@
+"""The preprocessing pipeline behind ``cml preprocess``: raw log or published split -> dataset dir.
+
+Raw sources: read (:mod:`cml_dgl.data.sources`) -> remap, dedupe, filter
+(:mod:`cml_dgl.data.events`) -> leave-one-out and stored candidates (:mod:`cml_dgl.data.split`)
+-> :func:`cml_dgl.data.dataset.write_dataset` (a temporary sibling renamed into place).
+``cml-pickle``: the published training edges and test items are kept; only the validation item is
+carved (unless ``valid=False``) and the candidates drawn. Every option lands in
+``Dataset.options`` (and ``meta.json``), with counts of what each step did under ``"stats"``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from cml_dgl.data import sources
+from cml_dgl.data.dataset import N_NEGATIVES, Dataset, write_dataset
+from cml_dgl.data.events import build_interactions
+from cml_dgl.data.sources import cml_pickle
+from cml_dgl.data.sources.tabular import DEFAULT_BLOCK_BYTES
+from cml_dgl.data.split import draw_negatives, hold_out_latest, leave_one_out, pairs
+from cml_dgl.errors import CmlError
+
+DEFAULT_SEED = 2023
+
+
+def _purchase_keys(user: np.ndarray, item: np.ndarray, n_items: int, *extra: np.ndarray) -> np.ndarray:
+    """Sorted unique ``user * n_items + item`` keys of purchases (plus extra (m, 2) pairs)."""
+    parts = [user.astype(np.int64) * n_items + item]
+    parts += [p[:, 0].astype(np.int64) * n_items + p[:, 1] for p in extra if len(p)]
+    return np.unique(np.concatenate(parts))
+
+
+def _negatives(valid: np.ndarray, test: np.ndarray, exclude: np.ndarray, n_items: int, n: int,
+               seed: int, user_ids: np.ndarray, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Stored candidates: independent streams of ``seed`` for test (first) and validation."""
+    test_rng, valid_rng = (np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(2))
+
+    def describe(u: int) -> str:
+        raw = user_ids[u]
+        return f"{str(raw)!r} (internal {u})" if user_ids.dtype.kind in "UO" else f"{int(raw)} (internal {u})"
+
+    try:
+        test_neg = draw_negatives(test[:, 0], exclude, n_items, n, test_rng, describe)
+        valid_neg = draw_negatives(valid[:, 0], exclude, n_items, n, valid_rng, describe)
+    except CmlError as e:
+        raise CmlError(f"{what}: {e}") from None
+    return valid_neg, test_neg
+
+
+def _size(path: Path) -> int | None:
+    try:
+        return path.stat().st_size if path.is_file() else None
+    except OSError:
+        return None
+
+
+def _check_options(negatives: int, min_purchases: int | None, min_user_interactions: int,
+                   min_item_interactions: int, block_bytes: int) -> None:
+    if negatives < 1:
+        raise CmlError(f"--negatives: expected a positive number, got {negatives}")
+    for name, value in (("--min-purchases", min_purchases), ("--min-user-interactions", min_user_interactions),
+                        ("--min-item-interactions", min_item_interactions)):
+        if value is not None and value < 0:
+            raise CmlError(f"{name}: expected a number >= 0, got {value}")
+    if block_bytes < 1024:
+        raise CmlError(f"--block-bytes: expected at least 1024, got {block_bytes}")
+
+
+def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | None, min_purchases: int,
+              min_user_interactions: int, min_item_interactions: int, valid: bool, negatives: int,
+              seed: int, block_bytes: int, quiet: bool, options: dict[str, Any]) -> Dataset:
+    events = sources.read_raw(source, path, behaviors, block_bytes=block_bytes, quiet=quiet)
+    options["time_unit"] = events.time_unit
+    inter = build_interactions(events, min_purchases=min_purchases,
+                               min_user_interactions=min_user_interactions,
+                               min_item_interactions=min_item_interactions, what=str(path))
+    target = inter.target
+    buy = inter.behavior == target
+    exclude = _purchase_keys(inter.user[buy], inter.item[buy], inter.n_items)
+    del buy
+    keep, valid_pairs, test_pairs = leave_one_out(inter.user, inter.item, inter.behavior, inter.time,
+                                                  inter.n_users, target, valid)
+    valid_neg, test_neg = _negatives(valid_pairs, test_pairs, exclude, inter.n_items, negatives, seed,
+                                     inter.user_ids, str(path))
+    stats = dict(inter.stats, held_out_edges=int(len(keep) - np.count_nonzero(keep)))
+    options["stats"] = stats
+    return Dataset(
+        behaviors=list(inter.behaviors), n_users=inter.n_users, n_items=inter.n_items,
+        train_user=inter.user[keep], train_item=inter.item[keep], train_behavior=inter.behavior[keep],
+        train_time=inter.time[keep], valid=valid_pairs, test=test_pairs, valid_negatives=valid_neg,
+        test_negatives=test_neg, user_ids=inter.user_ids, item_ids=inter.item_ids, meta_users=None,
+        source=source.name, options=options, seed=seed,
+    )
+
+
+def _from_published(path: Path, behaviors: Sequence[str] | None, valid: bool, negatives: int,
+                    seed: int, options: dict[str, Any]) -> Dataset:
+    split = cml_pickle.read(path, behaviors)
+    options["behaviors"] = list(split.behaviors)
+    target = len(split.behaviors) - 1
+    test = split.test.astype(np.int32)
+    buy = split.behavior == target
+    exclude = _purchase_keys(split.user[buy], split.item[buy], split.n_items, test)
+    del buy
+    keep = np.ones(len(split.user), dtype=bool)
+    valid_pairs = np.zeros((0, 2), dtype=np.int32)
+    if valid:
+        has_test = np.zeros(split.n_users, dtype=bool)
+        has_test[test[:, 0]] = True
+        held, keep = hold_out_latest(split.user, split.item, split.behavior, split.time, split.n_users,
+                                     target, candidates=has_test[split.user])
+        valid_pairs = pairs(held)
+    ids = np.arange(split.n_users, dtype=np.int64)
+    valid_neg, test_neg = _negatives(valid_pairs, test, exclude, split.n_items, negatives, seed, ids,
+                                     str(path))
+    options["stats"] = {"published_train_edges": int(len(split.user)),
+                        "held_out_edges": int(len(keep) - np.count_nonzero(keep)),
+                        "published_test_users": int(len(test))}
+    return Dataset(
+        behaviors=list(split.behaviors), n_users=split.n_users, n_items=split.n_items,
+        train_user=split.user[keep], train_item=split.item[keep], train_behavior=split.behavior[keep],
+        train_time=split.time[keep], valid=valid_pairs, test=test, valid_negatives=valid_neg,
+        test_negatives=test_neg, user_ids=ids, item_ids=np.arange(split.n_items, dtype=np.int64),
+        meta_users=split.meta_users, source="cml-pickle", options=options, seed=seed,
+    )
+
+
+def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike, *,
+               behaviors: Sequence[str] | None = None, min_purchases: int | None = None,
+               min_user_interactions: int = 1, min_item_interactions: int = 1, valid: bool = True,
+               negatives: int = N_NEGATIVES, seed: int = DEFAULT_SEED, overwrite: bool = False,
+               quiet: bool = False, block_bytes: int = DEFAULT_BLOCK_BYTES) -> Path:
+    """Turn ``input`` of ``source`` into a dataset directory at ``outdir``; returns its path.
+
+    ``min_purchases`` defaults to the source's rule (taobao/tmall and ijcai15: 3, retailrocket and
+    csv: 2); the interaction filters default to 1 (off). Filters do not apply to ``cml-pickle``.
+    An existing ``outdir`` is refused unless ``overwrite``. Raises CmlError on any bad input, and
+    then leaves no ``outdir`` behind.
+    """
+    src = sources.resolve(source)
+    out = Path(outdir)
+    if out.exists() and not overwrite:
+        raise CmlError(f"{out}: output directory exists (pass --overwrite to replace it)")
+    _check_options(negatives, min_purchases, min_user_interactions, min_item_interactions, block_bytes)
+    path = Path(input)
+    options: dict[str, Any] = {
+        "source": src.name, "input": str(path.resolve()), "input_bytes": _size(path),
+        "behaviors": list(behaviors or src.behaviors or ()), "valid": bool(valid),
+        "negatives": int(negatives), "seed": int(seed),
+    }
+    if src.min_purchases is None:
+        if min_purchases is not None or min_user_interactions != 1 or min_item_interactions != 1:
+            raise CmlError(f"{src.name} keeps a published split as it is: --min-purchases, "
+                           "--min-user-interactions and --min-item-interactions do not apply")
+        ds = _from_published(path, behaviors, valid, negatives, seed, options)
+    else:
+        mp = src.min_purchases if min_purchases is None else int(min_purchases)
+        options.update(min_purchases=mp, min_user_interactions=int(min_user_interactions),
+                       min_item_interactions=int(min_item_interactions), block_bytes=int(block_bytes))
+        ds = _from_raw(src, path, behaviors, mp, min_user_interactions, min_item_interactions, valid,
+                       negatives, seed, block_bytes, quiet, options)
+    return write_dataset(ds, out, overwrite=overwrite)

@@ -1,0 +1,313 @@
+"""The one chunked reader of delimited event logs; every raw source describes its file as a TableSpec.
+
+The file is read in blocks of about ``block_bytes`` cut at line ends; each block is parsed by
+pandas' C engine with int64 ids and times and the behavior as a category, then validated with
+vector operations and reduced to compact numpy columns (int32 ids where they fit, int8 behavior).
+Only when a block fails does a slow line-by-line scan of that block run, to name the first bad line:
+
+    <file>: line <n>: <what was expected>, got <what was found>
+
+Line numbers are physical lines of the (decompressed) file, counting the header. Blank lines are
+skipped. A field that pandas reads as a whole number (``12``, ``12.0``) is an integer. ``.gz``,
+``.bz2``, ``.xz`` and single-member ``.zip`` inputs are decompressed on the fly.
+"""
+
+from __future__ import annotations
+
+import bz2
+import contextlib
+import csv
+import gzip
+import io
+import lzma
+import math
+import os
+import sys
+import zipfile
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from cml_dgl.data.events import Events, smallest_int
+from cml_dgl.errors import CmlError
+
+DEFAULT_BLOCK_BYTES = 64 << 20
+_CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"
+_READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """How a raw log lays out its events.
+
+    ``columns`` names every field of a headerless file in order; ``None`` means the first line is a
+    header and fields are found by name there (extra columns are ignored). ``user``, ``item``,
+    ``behavior`` and ``time`` name the fields to read. ``behavior_values`` maps each raw behavior
+    value (as text) to its index in ``behaviors`` (target last). ``string_ids`` admits any text as
+    an id; the ids become int64 when every id in the file is a canonical integer, else str.
+    """
+
+    behaviors: tuple[str, ...]
+    behavior_values: Mapping[str, int]
+    user: str
+    item: str
+    behavior: str
+    time: str
+    columns: tuple[str, ...] | None = None
+    string_ids: bool = False
+    time_unit: str = "s"
+    time_divisor: int = 1
+
+
+@dataclass(frozen=True)
+class _Layout:
+    n_fields: int
+    names: tuple[str, ...]
+    pos: dict[str, int]  # role -> field position
+    first_data_line: int
+
+
+# ---------------------------------------------------------------------------------------- input
+
+
+def _compressed(raw: BinaryIO, path: Path) -> BinaryIO:
+    suffix = path.suffix.lower()
+    if suffix == ".gz":
+        return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
+    if suffix == ".bz2":
+        return bz2.BZ2File(raw)  # type: ignore[return-value]
+    if suffix == ".xz":
+        return lzma.LZMAFile(raw)  # type: ignore[return-value]
+    if suffix == ".zip":
+        zf = zipfile.ZipFile(raw)
+        members = [m for m in zf.infolist() if not m.is_dir()]
+        if len(members) != 1:
+            raise CmlError(f"{path}: expected a zip archive holding one file, found {len(members)}")
+        return zf.open(members[0])  # type: ignore[return-value]
+    return raw
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, Callable[[], int], int]]:
+    """Open a (possibly compressed) input: yields (stream, bytes-of-file-consumed, file size)."""
+    p = Path(path)
+    try:
+        raw = open(p, "rb")
+    except FileNotFoundError:
+        raise CmlError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise CmlError(f"{p}: is a directory, expected a file") from None
+    except OSError as e:
+        raise CmlError(f"{p}: cannot read ({e.strerror or e})") from None
+    with raw:
+        size = os.fstat(raw.fileno()).st_size
+        if size == 0:
+            raise CmlError(f"{p}: empty file, expected event rows")
+        try:
+            stream = _compressed(raw, p)
+        except _READ_ERRORS as e:
+            raise CmlError(f"{p}: cannot read the {p.suffix} archive ({e})") from None
+        yield stream, raw.tell, size
+
+
+def _read(stream: BinaryIO, n: int, path: Path) -> bytes:
+    try:
+        return stream.read(n)
+    except _READ_ERRORS as e:
+        raise CmlError(f"{path}: cannot read ({e}); is the file truncated or corrupt?") from None
+
+
+def _blocks(stream: BinaryIO, block_bytes: int, path: Path, first: bytes
+            ) -> Iterator[bytes]:
+    """Consecutive pieces of the stream, each ending at a line end (the last one may not)."""
+    rest = first
+    while True:
+        chunk = _read(stream, block_bytes, path)
+        if not chunk:
+            if rest:
+                yield rest
+            return
+        buf = rest + chunk if rest else chunk
+        cut = buf.rfind(b"\n")
+        if cut < 0:
+            rest = buf
+            continue
+        rest = buf[cut + 1:]
+        yield buf[:cut + 1]
+
+
+# ---------------------------------------------------------------------------------------- layout
+
+
+def _split_fields(line: bytes) -> list[str]:
+    text = line.rstrip(b"\r").decode("utf-8")
+    return next(csv.reader([text]))
+
+
+def _layout(spec: TableSpec, stream: BinaryIO, path: Path) -> tuple[_Layout, bytes]:
+    """Resolve field positions; returns the layout and the bytes read past the header."""
+    roles = {"user": spec.user, "item": spec.item, "behavior": spec.behavior, "time": spec.time}
+    if spec.columns is not None:
+        pos = {role: spec.columns.index(name) for role, name in roles.items()}
+        return _Layout(len(spec.columns), spec.columns, pos, 1), b""
+    head = b""
+    while b"\n" not in head:
+        chunk = _read(stream, 1 << 16, path)
+        if not chunk:
+            break
+        head += chunk
+    line, _, rest = head.partition(b"\n")
+    line = line.removeprefix(b"\xef\xbb\xbf")
+    if not line.strip():
+        raise CmlError(f"{path}: line 1: expected a header naming the columns "
+                       f"{', '.join(roles.values())}, got an empty line")
+    try:
+        names = tuple(n.strip() for n in _split_fields(line))
+    except UnicodeDecodeError:
+        raise CmlError(f"{path}: line 1: expected a UTF-8 text header") from None
+    missing = [n for n in roles.values() if n not in names]
+    if missing:
+        raise CmlError(f"{path}: line 1: header lacks column(s) {', '.join(missing)} "
+                       f"(expected columns {', '.join(roles.values())}; got {', '.join(names)})")
+    pos = {role: names.index(name) for role, name in roles.items()}
+    return _Layout(len(names), names, pos, 2), rest
+
+
+# ---------------------------------------------------------------------------------------- blocks
+
+
+def _is_int(text: str) -> bool:
+    try:
+        return -(2**63) <= int(text) < 2**63
+    except ValueError:
+        pass
+    try:
+        f = float(text)
+    except ValueError:
+        return False
+    return math.isfinite(f) and f.is_integer() and abs(f) < 2**63
+
+
+def _diagnose(block: bytes, line_no: int, spec: TableSpec, lay: _Layout) -> str | None:
+    """The first line of ``block`` that breaks the rules, as ``line N: expected ..., got ...``."""
+    known = ", ".join(spec.behavior_values)
+    need = max(lay.pos.values()) + 1
+    for k, line in enumerate(block.split(b"\n")):
+        n = line_no + k
+        if not line.rstrip(b"\r"):
+            continue
+        try:
+            fields = _split_fields(line)
+        except UnicodeDecodeError:
+            return f"line {n}: expected UTF-8 text, got undecodable bytes"
+        except csv.Error as e:
+            return f"line {n}: malformed CSV ({e})"
+        if len(fields) > lay.n_fields or len(fields) < need:
+            return (f"line {n}: expected {lay.n_fields} comma-separated fields "
+                    f"({','.join(lay.names)}), got {len(fields)} (truncated or malformed line?)")
+        for role in ("user", "item", "time"):
+            value = fields[lay.pos[role]]
+            name = lay.names[lay.pos[role]]
+            if role != "time" and spec.string_ids:
+                if value == "":
+                    return f"line {n}: expected a non-empty {name}, got ''"
+            elif not _is_int(value):
+                return f"line {n}: expected an integer {name}, got {value!r}"
+        value = fields[lay.pos["behavior"]]
+        if value not in spec.behavior_values:
+            return (f"line {n}: unknown {lay.names[lay.pos['behavior']]} {value!r} "
+                    f"(expected one of {known})")
+    return None
+
+
+class _BadBlock(Exception):
+    pass
+
+
+def _parse_block(block: bytes, spec: TableSpec, lay: _Layout, lookup: dict[str, int]
+                 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Parse one block into (user, item, behavior int8, time); raise _BadBlock if anything is off."""
+    id_type = object if spec.string_ids else "int64"
+    p = lay.pos
+    dtype = {p["user"]: id_type, p["item"]: id_type, p["behavior"]: "category", p["time"]: "int64"}
+    try:
+        df = pd.read_csv(io.BytesIO(block), header=None, names=list(range(lay.n_fields)),
+                         dtype=dtype, engine="c", keep_default_na=False, na_values=[""],
+                         skip_blank_lines=True)
+    except (ValueError, OverflowError, TypeError, UnicodeDecodeError, pd.errors.ParserError) as e:
+        raise _BadBlock(str(e)) from None
+    if df.shape[1] != lay.n_fields or not isinstance(df.index, pd.RangeIndex):
+        raise _BadBlock("wrong number of fields")
+    beh = df[p["behavior"]]
+    codes = beh.cat.codes.to_numpy()
+    cat_map = np.array([lookup.get(str(c), -1) for c in beh.cat.categories] + [-1], dtype=np.int16)
+    behavior = cat_map[codes]  # code -1 (missing) picks the trailing -1
+    if behavior.size and behavior.min() < 0:
+        raise _BadBlock("unknown behavior")
+    user, item = df[p["user"]].to_numpy(), df[p["item"]].to_numpy()
+    if spec.string_ids:
+        if pd.isna(df[p["user"]]).any() or pd.isna(df[p["item"]]).any():
+            raise _BadBlock("missing id")
+    else:
+        user, item = smallest_int(user), smallest_int(item)
+    return user, item, behavior.astype(np.int8), smallest_int(df[p["time"]].to_numpy())
+
+
+def _concat(parts: list[np.ndarray], empty: np.dtype) -> np.ndarray:
+    if not parts:
+        return np.zeros(0, dtype=empty)
+    out = np.concatenate(parts)
+    parts.clear()
+    return out
+
+
+def _ids_from_text(ids: np.ndarray) -> np.ndarray:
+    """int64 when every id is a canonical decimal integer (no sign/zero padding), else str."""
+    s = pd.Series(ids, dtype=object)
+    if len(s) and bool(s.str.fullmatch(_CANONICAL_INT).all()):
+        return s.astype(np.int64).to_numpy()
+    return ids.astype(str)
+
+
+def read_events(path: str | os.PathLike, spec: TableSpec, *, block_bytes: int = DEFAULT_BLOCK_BYTES,
+                quiet: bool = False) -> Events:
+    """Read a whole log into an :class:`Events` table, validating every row (rules above)."""
+    p = Path(path)
+    lookup = {str(k): int(v) for k, v in spec.behavior_values.items()}
+    cols: dict[str, list[np.ndarray]] = {"user": [], "item": [], "behavior": [], "time": []}
+    with open_input(p) as (stream, consumed, size):
+        lay, rest = _layout(spec, stream, p)
+        line_no = lay.first_data_line
+        with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+                  desc=f"reading {p.name}", disable=quiet, leave=False, mininterval=0.5) as bar:
+            for block in _blocks(stream, block_bytes, p, rest):
+                try:
+                    parsed = _parse_block(block, spec, lay, lookup)
+                except _BadBlock as e:
+                    msg = _diagnose(block, line_no, spec, lay)
+                    last = line_no + block.count(b"\n") - int(block.endswith(b"\n"))
+                    raise CmlError(f"{p}: {msg}" if msg else
+                                   f"{p}: lines {line_no}-{last}: cannot be parsed ({e})") from None
+                for name, arr in zip(cols, parsed):
+                    cols[name].append(arr)
+                line_no += block.count(b"\n")
+                bar.update(consumed() - bar.n)
+    if not cols["behavior"] or sum(len(a) for a in cols["behavior"]) == 0:
+        raise CmlError(f"{p}: no event rows (expected lines of {','.join(lay.names)})")
+    user = _concat(cols["user"], np.dtype(np.int64))
+    item = _concat(cols["item"], np.dtype(np.int64))
+    if spec.string_ids:
+        user, item = _ids_from_text(user), _ids_from_text(item)
+    return Events(user=user, item=item, behavior=_concat(cols["behavior"], np.dtype(np.int8)),
+                  time=_concat(cols["time"], np.dtype(np.int64)), behaviors=list(spec.behaviors),
+                  time_unit=spec.time_unit, time_divisor=spec.time_divisor)
+
+
+def behavior_map(names: Sequence[str]) -> dict[str, int]:
+    """Identity mapping of behavior names to their indices."""
+    return {name: k for k, name in enumerate(names)}
