@@ -147,4 +147,6 @@ def build_heterograph(rel: Relations):
         tu, ti = torch.from_numpy(u), torch.from_numpy(i)
         data[(USER, name, ITEM)] = (tu, ti)
         data[(ITEM, REVERSE_PREFIX + name, USER)] = (ti, tu)
-    return dgl.heterograph(data, num_nodes_dict={USER: rel.n_users, ITEM: rel.n_items}, idtype=torch.int64)
+    g = dgl.heterograph(data, num_nodes_dict={USER: rel.n_users, ITEM: rel.n_items}, idtype=torch.int64)
+    g.create_formats_()  # build CSR and CSC once: otherwise every backward pass converts formats
+    return g

@@ -1,0 +1,36 @@
+"""Shared helpers for the benchmark scripts (not a test module)."""
+
+from __future__ import annotations
+
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def shared_data() -> Path:
+    env = os.environ.get("CML_SHARED_DATA")
+    return Path(env) if env else ROOT.parent / "shared" / "data"
+
+
+def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
+    """Preprocess the published Retailrocket split (cached in ``workdir``) and return its path."""
+    src = shared_data() / "retailrocket"
+    if not src.is_dir():
+        sys.exit(f"bench: {src} not found; set CML_SHARED_DATA to the folder holding retailrocket/")
+    base = workdir or Path(tempfile.gettempdir()) / "cml-bench"
+    out = base / ("retailrocket" if valid else "retailrocket-novalid")
+    if not (out / "meta.json").is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "cli", "preprocess", "cml-pickle", str(src), "-o", str(out),
+               "--quiet", "--overwrite"] + ([] if valid else ["--no-valid"])
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
+
+
+def peak_rss_gb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
