@@ -102,3 +102,17 @@ def test_bad_inputs_exit_2(run_dir, tmp_path):
     assert invoke("export-embeddings", run_dir, "-o", tmp_path / "e", "--format", "xml", expect=2)
     assert "-k must be positive" in invoke("recommend", run_dir, "--user", "100", "-k", "0", expect=2).output
     assert not (tmp_path / "e").exists()
+
+
+def test_report_writes_real_images(run_dir, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "rep"
+    res = invoke("report", run_dir, "--out", out)
+    for name in ("losses.png", "metrics.png", "meta_weights.png"):
+        with Image.open(out / name) as im:
+            assert im.format == "PNG" and im.size[0] >= 300 and im.size[1] >= 200
+            assert len(set(im.convert("L").getdata())) > 10, f"{name} is blank"
+    text = (out / "report.md").read_text()
+    assert "best" in text.lower() and "metrics.png" in text
+    assert str(out / "report.md") in res.output
