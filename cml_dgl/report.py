@@ -2,7 +2,7 @@
 
 ``metrics.jsonl`` holds one JSON object per epoch::
 
-    {"epoch": 3, "seconds": 12.5, "losses": {"bpr": 0.41, "ssl": 2.1},
+    {"epoch": 3, "seconds": 12.5, "losses": {"bpr": 0.41, "cl": 2.1},
      "valid": {"hr@10": 0.31, "ndcg@10": 0.18}, "test": {...}}
 
 ``seconds`` is the wall time of that epoch; ``valid`` is absent where the dataset has no validation
@@ -217,8 +217,29 @@ def _fmt_metrics(m: dict[str, float] | None) -> str:
     return ", ".join(f"{k} {v:.4f}" for k, v in (m or {}).items()) or "n/a"
 
 
+def _run_selection(run_dir: Path, records: list[EpochRecord]) -> tuple[EpochRecord | None, str, dict | None]:
+    """The best epoch as the trainer chose it (``summary.json``), else by validation NDCG@10.
+
+    Returns (record, how it was selected, test metrics at that epoch if the run measured them).
+    """
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = None
+    if isinstance(summary, dict) and "best_epoch" in summary:
+        best = next((r for r in records if r.epoch == summary["best_epoch"]), None)
+        if best is not None:
+            how = f"highest {summary.get('monitor', 'valid')} {summary.get('monitor_metric', SELECT_METRIC)}"
+            if summary.get("monitor") == "test":
+                how += "; chosen on the test set, so its test figures are optimistic"
+            return best, how, best.test or summary.get("test_at_best")
+    best = best_epoch(records)
+    return best, f"highest validation {SELECT_METRIC}; test metrics do not select it", \
+        best.test if best is not None else None
+
+
 def _markdown(run_dir: Path, records: list[EpochRecord], best: EpochRecord | None,
-              figures: dict[str, Path]) -> str:
+              figures: dict[str, Path], how: str = "", test: dict | None = None) -> str:
     total = sum(r.seconds for r in records)
     lines = [f"# Run report: `{run_dir.name}`", "",
              f"- epochs: {len(records)} (epoch {records[0].epoch} to {records[-1].epoch})",
@@ -229,9 +250,9 @@ def _markdown(run_dir: Path, records: list[EpochRecord], best: EpochRecord | Non
         lines.append(f"- best epoch: none selected ({why}); last epoch {records[-1].epoch}: "
                      f"test {_fmt_metrics(records[-1].test)}")
     else:
-        lines += [f"- best epoch: {best.epoch} (highest validation {SELECT_METRIC}; test metrics do not select it)",
+        lines += [f"- best epoch: {best.epoch} ({how})",
                   f"  - valid: {_fmt_metrics(best.valid)}",
-                  f"  - test: {_fmt_metrics(best.test)}"]
+                  f"  - test: {_fmt_metrics(test)}"]
     last_losses = _fmt_metrics(records[-1].losses)
     lines += [f"- final losses: {last_losses}", "", "## Figures", ""]
     titles = {"losses": "Training losses", "metrics": "Evaluation metrics",
@@ -260,12 +281,12 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CmlError(f"{out}: cannot create the report directory ({e.strerror})") from None
-    best = best_epoch(records)
+    best, how, test = _run_selection(run_dir, records)
     paths = {"losses": _plot_losses(records, out / "losses.png"),
              "metrics": _plot_metrics(records, best, out / "metrics.png")}
     if weights is not None:
         paths["meta_weights"] = _plot_meta_weights(weights, out / "meta_weights.png")
     report = out / "report.md"
-    atomic_write_bytes(report, _markdown(run_dir, records, best, paths).encode())
+    atomic_write_bytes(report, _markdown(run_dir, records, best, paths, how, test).encode())
     paths["report"] = report
     return paths

@@ -52,3 +52,15 @@ def test_dump_roundtrips_through_base():
 
     again = config.resolve(base=yaml.safe_load(config.dump(cfg)))
     assert again == cfg
+
+
+@pytest.mark.parametrize("item, msg", [
+    ("eval_ks=[20]", "must include 10"),
+    ("meta_users=mine", "must be one of"),
+    ("opt_weight_decay=-1", ">= 0"),
+    ("cl_sample_ratio=1.5", r"\(0, 1\]"),
+    ("cl_temperature=0", "must be positive"),
+])
+def test_range_checks(item, msg):
+    with pytest.raises(CmlError, match=msg):
+        config.resolve(overrides=[item])

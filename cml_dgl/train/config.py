@@ -29,11 +29,14 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "monitor": ("valid", "test"),
     "monitor_metric": ("ndcg@10", "hr@10"),
     "tie_rule": ("expected", "random", "pessimistic", "optimistic"),
+    "meta_users": ("auto", "rule"),
 }
 POSITIVE = ("dim", "batch_size", "meta_batch", "meta_samples", "cl_chunk", "opt_step_up",
             "opt_step_down", "meta_step_up", "meta_step_down", "patience")
 NON_NEGATIVE = ("epochs", "n_layers", "reg", "beta", "grad_clip", "lr_clone", "opt_base_lr",
-                "opt_max_lr", "meta_opt_base_lr", "meta_opt_max_lr", "meta_dropout")
+                "opt_max_lr", "meta_opt_base_lr", "meta_opt_max_lr", "meta_dropout",
+                "opt_weight_decay", "meta_opt_weight_decay", "meta_gamma")
+FRACTIONS = ("cl_sample_ratio",)  # in (0, 1]
 
 
 def _read_yaml(text: str, where: str) -> dict[str, Any]:
@@ -83,6 +86,12 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         raise CmlError(f"{where}: {key} must be positive, got {value!r}")
     if key in NON_NEGATIVE and value < 0:
         raise CmlError(f"{where}: {key} must be >= 0, got {value!r}")
+    if key in FRACTIONS and not 0 < value <= 1:
+        raise CmlError(f"{where}: {key} must be in (0, 1], got {value!r}")
+    if key == "cl_temperature" and value <= 0:
+        raise CmlError(f"{where}: {key} must be positive, got {value!r}")
+    if key == "meta_dropout" and value >= 1:
+        raise CmlError(f"{where}: {key} must be below 1, got {value!r}")
     return value
 
 
@@ -131,6 +140,10 @@ def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
         _apply(cfg, {key: value}, f"--set {item}")
     if cfg["opt_max_lr"] < cfg["opt_base_lr"] or cfg["meta_opt_max_lr"] < cfg["meta_opt_base_lr"]:
         raise CmlError("config: *_max_lr must be at least *_base_lr")
+    k = int(cfg["monitor_metric"].split("@")[1])
+    if k not in cfg["eval_ks"]:
+        raise CmlError(f"config: eval_ks {cfg['eval_ks']} must include {k}, the cut-off of "
+                       f"monitor_metric {cfg['monitor_metric']}")
     return cfg
 
 
