@@ -49,10 +49,15 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
     """Train CML (or a baseline) on DATASET into a run directory.
 
     One JSON line per epoch goes to RUN_DIR/metrics.jsonl (and stdout). Checkpoints `last` and
-    `best` (by the monitored NDCG@10) go to RUN_DIR/checkpoints; summary.json holds the result.
+    `best` (by the monitored metric, monitor_metric: ndcg@10 by default) go to RUN_DIR/checkpoints; summary.json holds the result.
+
+    Data-parallel: `torchrun --nproc_per_node N -m cli train ...` (or the `cml` script) splits each
+    batch's loss terms over N processes (Gloo on the CPU, NCCL with --device cuda, one GPU each)
+    and sums their gradients; only rank 0 writes RUN_DIR and prints.
     """
     from cml_dgl.data.dataset import load_dataset
     from cml_dgl.train import config as config_mod
+    from cml_dgl.train import distributed
     from cml_dgl.train.trainer import RESUMABLE_KEYS, Trainer
 
     sets = list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
@@ -73,16 +78,24 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
                 raise CmlError(f"--resume: {key} cannot change in a resumed run (only {', '.join(RESUMABLE_KEYS)})")
         cfg = config_mod.resolve(base=saved, overrides=sets)
         if dataset is None:
-            recorded = json.loads((Path(run_dir) / "run.json").read_text()).get("dataset")
+            try:
+                recorded = json.loads((Path(run_dir) / "run.json").read_text()).get("dataset")
+            except (OSError, ValueError, AttributeError):
+                recorded = None
             if not recorded:
-                raise CmlError(f"{run_dir}/run.json: records no dataset; pass DATASET")
+                raise CmlError(f"{run_dir}/run.json: missing or records no dataset; pass DATASET")
             dataset = Path(recorded)
     else:
         if dataset is None or run_dir is None:
             raise click.UsageError("DATASET and -o RUN_DIR are required (or --resume RUN_DIR)")
         cfg = config_mod.resolve(presets, config_file, sets)
     ds = load_dataset(dataset)
-    trainer = Trainer(ds, cfg, run_dir, quiet=quiet)
-    trainer.prepare_run_dir(overwrite=overwrite, resume=resume_dir is not None)
-    summary = trainer.fit()
-    click.echo(json.dumps({"run_dir": str(run_dir), **summary}, sort_keys=True))
+    dist = distributed.init_from_env(cfg["device"])  # torchrun: one process per rank
+    try:
+        trainer = Trainer(ds, cfg, run_dir, quiet=quiet, dist=dist)
+        trainer.prepare_run_dir(overwrite=overwrite, resume=resume_dir is not None)
+        summary = trainer.fit()
+    finally:
+        distributed.shutdown(dist)
+    if dist.is_main:
+        click.echo(json.dumps({"run_dir": str(run_dir), **summary}, sort_keys=True))

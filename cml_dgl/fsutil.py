@@ -9,7 +9,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from cml_dgl.errors import CmlError
 
@@ -56,8 +56,13 @@ def atomic_dir(outdir: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         raise
 
 
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename."""
+def atomic_write_bytes(path: str | os.PathLike, data: bytes,
+                       before_rename: Callable[[], None] | None = None) -> None:
+    """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename.
+
+    ``before_rename`` runs once the temporary file is complete, just before the rename (e.g. to
+    rotate the previous version away); temporary files are named ``.<name>.tmp-*``.
+    """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
     try:
@@ -65,11 +70,24 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        if before_rename is not None:
+            before_rename()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def remove_stale_temporaries(directory: str | os.PathLike) -> list[Path]:
+    """Delete the ``.<name>.tmp-*`` files that an interrupted :func:`atomic_write_bytes` left in
+    ``directory``; returns their paths."""
+    d = Path(directory)
+    stale = [p for p in d.glob(".*.tmp-*") if p.is_file()] if d.is_dir() else []
+    for p in stale:
+        with contextlib.suppress(FileNotFoundError):
+            p.unlink()
+    return stale
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:

@@ -249,6 +249,14 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     for key in ("behaviors", "n_users", "n_items", "files"):
         if key not in meta:
             raise CmlError(f"{mpath}: field {key!r} is missing")
+    behaviors, files = meta["behaviors"], meta["files"]
+    if not isinstance(behaviors, list) or not all(isinstance(b, str) for b in behaviors):
+        raise CmlError(f"{mpath}: field 'behaviors' must be a list of names, got {behaviors!r:.80}")
+    for key in ("n_users", "n_items"):
+        if type(meta[key]) is not int or meta[key] < 0:
+            raise CmlError(f"{mpath}: field {key!r} must be a count >= 0, got {meta[key]!r:.80}")
+    if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
+        raise CmlError(f"{mpath}: field 'files' must map file names to {{sha256, shape, dtype}}")
     return meta
 
 

@@ -84,6 +84,10 @@ def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | Non
     del buy
     keep, valid_pairs, test_pairs = leave_one_out(inter.user, inter.item, inter.behavior, inter.time,
                                                   inter.n_users, target, valid)
+    if len(test_pairs) == 0:
+        raise CmlError(f"{path}: no {inter.behaviors[target]!r} (target) interaction is left after the "
+                       f"filters, so there is nothing to hold out for testing (min_purchases="
+                       f"{min_purchases}); the log needs purchases")
     valid_neg, test_neg = _negatives(valid_pairs, test_pairs, exclude, inter.n_items, negatives, seed,
                                      inter.user_ids, str(path))
     stats = dict(inter.stats, held_out_edges=int(len(keep) - np.count_nonzero(keep)))

@@ -12,15 +12,17 @@ so items with identical embeddings give bit-identical scores and their ties are 
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.metrics import check_ks, check_tie_rule, metrics_from_bounds
+
+if TYPE_CHECKING:  # scipy is imported where a mask is built: training and sampled evaluation run without it
+    import scipy.sparse as sp
 
 PROTOCOLS: tuple[str, ...] = ("sampled", "full")
 MASKS: tuple[str, ...] = ("target", "all")
@@ -100,6 +102,8 @@ def sampled_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, negatives: Any
 
 
 def _canonical_mask(mask_csr: Any, n_users: int, n_items: int) -> sp.csr_matrix:
+    import scipy.sparse as sp
+
     m = sp.csr_matrix(mask_csr)
     if m.shape != (n_users, n_items):
         raise CmlError(f"mask has shape {m.shape}, expected (users, items) = ({n_users}, {n_items})")
@@ -191,6 +195,8 @@ def training_mask(ds: Dataset, mask: str = "target", split: str = "valid") -> sp
     if split == "test" and len(ds.valid):
         users.append(ds.valid[:, 0].astype(np.int64))
         items.append(ds.valid[:, 1].astype(np.int64))
+    import scipy.sparse as sp
+
     u, i = np.concatenate(users), np.concatenate(items)
     m = sp.csr_matrix((np.ones(len(u), dtype=np.float32), (u, i)), shape=(ds.n_users, ds.n_items))
     m.sum_duplicates()

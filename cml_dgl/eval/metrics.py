@@ -38,9 +38,19 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from scipy.special import digamma
 
 from cml_dgl.errors import CmlError
+
+
+def _digamma_torch(x: np.ndarray) -> np.ndarray:
+    """ψ(x) in float64 by torch, for machines without scipy (agrees with scipy to ~1e-15)."""
+    return torch.special.digamma(torch.from_numpy(np.asarray(x, dtype=np.float64))).numpy()
+
+
+try:
+    from scipy.special import digamma
+except ImportError:  # scipy is optional for training and sampled evaluation (e.g. a bare GPU image)
+    digamma = _digamma_torch
 
 TIE_RULES: tuple[str, ...] = ("expected", "random", "pessimistic", "optimistic")
 

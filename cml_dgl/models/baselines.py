@@ -124,7 +124,8 @@ class LightGCN(nn.Module):
     def bpr_loss(self, users: Tensor, pos: Tensor, neg: Tensor, reg: float) -> Tensor:
         eu, ei = self.embeddings()
         ego = (self.user_emb(users), self.item_emb(pos), self.item_emb(neg))
-        return bpr_objective(eu[users], ei[pos], ei[neg], ego, reg)
+        # index_select: its backward adds in a fixed order on the CPU, unlike that of eu[users]
+        return bpr_objective(eu.index_select(0, users), ei.index_select(0, pos), ei.index_select(0, neg), ego, reg)
 
 
 def _check_name(name: str) -> None:

@@ -14,6 +14,13 @@ The objective of a batch with BPR triples O_k and contrast sample S is
 
 with the weights w from φ (Eq. 5-6), C the contrasted behaviors and B the batch size.
 Baselines (MF, LightGCN) train with mean BPR on their positive edges in the same loop.
+
+Devices: graph, parameters and losses live on the run's device (CUDA needs the torch backend).
+The samplers draw with numpy on the host a whole epoch at a time, in the order the steps use the
+draws, and the epoch's indices reach the device in one copy; logged losses are summed on the device
+and read once per epoch. On CUDA the per-phase ``timings`` therefore measure the host side only
+(kernels run asynchronously); an epoch's ``seconds`` is exact, as evaluation synchronises.
+Distributed data parallelism (torchrun): see :mod:`cml_dgl.train.distributed`.
 """
 
 from __future__ import annotations
@@ -34,10 +41,13 @@ from tqdm import tqdm
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate_sampled
-from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json
+from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from cml_dgl.train import faults
 from cml_dgl.train import sampler as smp
+from cml_dgl.train.batches import CMLStep, DeviceTriples, IndexPack
 from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
 from cml_dgl.train.config import dump
+from cml_dgl.train.distributed import DistContext, data_parallel
 from cml_dgl.train.model_factory import build_model, resolve_device
 
 RESUMABLE_KEYS = ("epochs", "patience", "device")
@@ -59,16 +69,25 @@ def _cyclic(opt: torch.optim.Optimizer, base: float, peak: float, up: int, down:
                                              cycle_momentum=False)
 
 
+def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``x[index]`` whose backward is deterministic on the CPU (index_add); the backward of
+    ``x[index]`` (index_put with accumulate) adds in a thread-dependent order on large inputs."""
+    return x.index_select(0, index)
+
+
 class Trainer:
     """Trains one model on one dataset into a run directory (config, metrics.jsonl, checkpoints)."""
 
     def __init__(self, ds: Dataset, cfg: dict[str, Any], run_dir: str | os.PathLike, *,
-                 quiet: bool = False) -> None:
-        self.ds, self.cfg, self.run_dir, self.quiet = ds, cfg, Path(run_dir), quiet
+                 quiet: bool = False, dist: DistContext | None = None) -> None:
+        self.dist = dist or DistContext()
+        self.ds, self.cfg, self.run_dir = ds, cfg, Path(run_dir)
+        self.quiet = quiet or not self.dist.is_main
         if cfg["monitor"] == "valid" and len(ds.valid) == 0:
-            raise CmlError(f"{ds.path or 'dataset'}: has no validation split (made with --no-valid); "
+            raise CmlError(f"{ds.path or 'dataset'}: has no validation split (made with --no-valid, or "
+                           "no user has a second purchase to hold out); "
                            "train with --monitor test (the paper's protocol) or re-run preprocess")
-        self.device = resolve_device(cfg["device"])
+        self.device = self.dist.device if self.dist.enabled else resolve_device(cfg["device"])
         torch.manual_seed(cfg["seed"])
         self.rng = np.random.default_rng(cfg["seed"])
         self.model, self.meta = build_model(ds, cfg, self.device)
@@ -100,19 +119,24 @@ class Trainer:
                                                   weight_decay=cfg["meta_opt_weight_decay"])
             self.meta_sched = _cyclic(self.meta_opt, cfg["meta_opt_base_lr"], cfg["meta_opt_max_lr"],
                                       cfg["meta_step_up"], cfg["meta_step_down"])
+        # phase 3 runs the encoder under DDP when distributed (see cml_dgl.train.distributed)
+        self.main_forward = data_parallel(self.model, self.dist) if self.dist.enabled and self.is_cml \
+            else self.model
         self.state = TrainState()
         self.timings: dict[str, float] = {}
 
     # ------------------------------------------------------------------ objective
-    def _t(self, a: np.ndarray) -> torch.Tensor:
-        return torch.as_tensor(a, dtype=torch.long, device=self.device)
+    def _objective(self, out, triples: list[DeviceTriples], cl_users: torch.Tensor,
+                   weigh: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The weighted objective of one batch. ``weigh``: "grad", "nograd" or "none" (w = 1).
 
-    def _objective(self, out, triples: list[smp.Triples], cl_users: np.ndarray,
-                   weigh: str) -> tuple[torch.Tensor, dict[str, float]]:
-        """The weighted objective of one batch. ``weigh``: "grad", "nograd" or "none" (w = 1)."""
+        Indices are tensors on the model's device; the logged parts come back as detached float64
+        device tensors (no host sync). Distributed, every per-sample vector is computed in full
+        (the meta weights need all rows) and only this rank's rows are summed.
+        """
         from cml_dgl.models.losses import bpr_loss, contrastive_loss
 
-        cfg, K = self.cfg, self.ds.n_behaviors
+        cfg, K, shard_sum = self.cfg, self.ds.n_behaviors, self.dist.shard_sum
         meta = self.meta if weigh != "none" else None
         total = out.user.new_zeros(())
         bpr_sum = out.user.new_zeros(())
@@ -120,33 +144,35 @@ class Trainer:
         for k, t in enumerate(triples):
             if len(t) == 0:
                 continue
-            u, p, n = self._t(t.users), self._t(t.pos), self._t(t.neg)
-            zu, zp, zn = out.user[u], out.item[p], out.item[n]
+            u, p, n = t.users, t.pos, t.neg
+            zu, zp, zn = _rows(out.user, u), _rows(out.item, p), _rows(out.item, n)
             loss = bpr_loss((zu * zp).sum(-1), (zu * zn).sum(-1))
             if meta is not None:
-                w = self._weights(meta.bpr_weights, loss, out.user[u], out.user_beh[k][u], k, weigh)
+                w = self._weights(meta.bpr_weights, loss, _rows(out.user, u), _rows(out.user_beh[k], u), k,
+                                  weigh)
                 loss = w * loss
-            bpr_sum = bpr_sum + loss.sum()
+            bpr_sum = bpr_sum + shard_sum(loss)
             if cfg["reg_all_behaviors"] or k == K - 1:
-                reg = reg + zu.pow(2).sum() + zp.pow(2).sum() + zn.pow(2).sum()
+                reg = reg + shard_sum(zu.pow(2)) + shard_sum(zp.pow(2)) + shard_sum(zn.pow(2))
         total = bpr_sum / K + cfg["reg"] * (reg / K if cfg["reg_all_behaviors"] else reg)
-        logs = {"bpr": float(bpr_sum.detach()) / cfg["batch_size"] / K}
+        logs = {"bpr": bpr_sum.detach().double() / cfg["batch_size"] / K}
         cl_behaviors = list(range(K if cfg["cl_include_target"] else K - 1))
         if cfg["variant"] != "no-cl" and cfg["beta"] > 0 and len(cl_users) >= 2 and cl_behaviors:
-            s = self._t(cl_users)
-            anchor = out.user_beh[K - 1][s]
+            s = cl_users
+            anchor = _rows(out.user_beh[K - 1], s)
             cl_sum = out.user.new_zeros(())
             for k in cl_behaviors:
-                loss = contrastive_loss(anchor, out.user_beh[k][s], temperature=cfg["cl_temperature"],
+                loss = contrastive_loss(anchor, _rows(out.user_beh[k], s), temperature=cfg["cl_temperature"],
                                         similarity=cfg["cl_similarity"], variant=cfg["cl_variant"],
                                         chunk_size=cfg["cl_chunk"], users=s)
                 if meta is not None:
-                    w = self._weights(meta.cl_weights, loss, out.user_beh[k][s], out.user[s], k, weigh)
+                    w = self._weights(meta.cl_weights, loss, _rows(out.user_beh[k], s), _rows(out.user, s), k,
+                                      weigh)
                     loss = w * loss
-                cl_sum = cl_sum + loss.sum()
+                cl_sum = cl_sum + shard_sum(loss)
             total = total + cfg["beta"] * cl_sum / len(cl_behaviors)
-            logs["cl"] = float(cl_sum.detach()) / cfg["batch_size"] / len(cl_behaviors)
-        logs["reg"] = float(reg.detach()) / cfg["batch_size"]
+            logs["cl"] = cl_sum.detach().double() / cfg["batch_size"] / len(cl_behaviors)
+        logs["reg"] = reg.detach().double() / cfg["batch_size"]
         return total / cfg["batch_size"], logs
 
     def _weights(self, fn, loss, z_a, z_b, k: int, weigh: str) -> torch.Tensor:
@@ -171,81 +197,126 @@ class Trainer:
         self.timings[name] = self.timings.get(name, 0.0) + now - t0
         return now
 
+    def _draw_cml_steps(self, samples: smp.EpochSamples) -> list[CMLStep]:
+        """Every draw of the epoch's steps, in the order the steps consumed them one by one (none
+        depends on the model), moved to the device in one copy."""
+        cfg, K = self.cfg, self.ds.n_behaviors
+        B, ratio = cfg["batch_size"], cfg["cl_sample_ratio"]
+        meta_k = [k if cfg["meta_bpr_per_behavior"] else K - 1 for k in range(K)]
+        pack, plan = IndexPack(), []
+        for start in range(0, len(samples), B):
+            batch_users = samples.users[start:start + B]
+            triples = [pack.add_triples(t) for t in samples.batch(start, start + B)]
+            s1 = pack.add(smp.contrast_sample(batch_users, ratio, self.rng))
+            s3 = pack.add(smp.contrast_sample(batch_users, ratio, self.rng))
+            meta_triples, s2 = [], pack.add(batch_users[:0])
+            if self.meta is not None:
+                meta_users = self.meta_pointer.next()
+                meta_triples = [pack.add_triples(smp.meta_triples(meta_users, self.index[k], cfg["meta_samples"],
+                                                                  self.rng)) for k in meta_k]
+                s2 = pack.add(meta_users if cfg["meta_cl_all_users"] else
+                              smp.contrast_sample(meta_users, ratio, self.rng))
+            plan.append((triples, s1, s3, meta_triples, s2))
+        dev = pack.to(self.device)
+        return [CMLStep([dev.triples(h) for h in tr], dev.get(s1), dev.get(s3), [dev.triples(h) for h in mt],
+                        dev.get(s2)) for tr, s1, s3, mt, s2 in plan]
+
+    def _epoch_means(self, sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float]:
+        """Per-step means of the summed logs, summed over the ranks: one host sync per epoch."""
+        if not sums:
+            return {}
+        keys = list(sums)
+        values = self.dist.all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist()
+        return {k: v / max(n_steps, 1) for k, v in zip(keys, values)}
+
+    @staticmethod
+    def _accumulate(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
+        sums[key] = sums[key] + value if key in sums else value
+
     def _cml_epoch(self, bar) -> dict[str, float]:
-        cfg, ds = self.cfg, self.ds
+        cfg = self.cfg
         t = time.perf_counter()
-        samples = smp.cml_epoch_samples(ds, self.index, self.rng)
+        samples = smp.cml_epoch_samples(self.ds, self.index, self.rng)
         if cfg["meta_pointer_reset"]:
             self.meta_pointer.pos = 0
+        steps = self._draw_cml_steps(samples)
         t = self._tick("sampling", t)
-        sums: dict[str, float] = {}
-        B = cfg["batch_size"]
+        sums: dict[str, torch.Tensor] = {}
         n_steps = 0
+        half = max(1, len(steps) // 2)
         use_meta = self.meta is not None
-        for start in range(0, len(samples), B):
+        for step in steps:
             t = time.perf_counter()
-            triples = samples.batch(start, start + B)
-            batch_users = samples.users[start:start + B]
-            s1 = smp.contrast_sample(batch_users, cfg["cl_sample_ratio"], self.rng)
-            s3 = smp.contrast_sample(batch_users, cfg["cl_sample_ratio"], self.rng)
-            if use_meta:
-                meta_users = self.meta_pointer.next()
-                meta_k = [k if cfg["meta_bpr_per_behavior"] else ds.n_behaviors - 1
-                          for k in range(ds.n_behaviors)]
-                meta_triples = [smp.meta_triples(meta_users, self.index[k], cfg["meta_samples"], self.rng)
-                                for k in meta_k]
-                s2 = meta_users if cfg["meta_cl_all_users"] else \
-                    smp.contrast_sample(meta_users, cfg["cl_sample_ratio"], self.rng)
-            t = self._tick("sampling", t)
             if use_meta:
                 self.meta.train()
                 clone = self.model.clone()
                 clone_opt = torch.optim.AdamW(clone.parameters(), lr=cfg["lr_clone"],
                                               weight_decay=cfg["opt_weight_decay"])
-                obj, _ = self._objective(clone(item_behavior=False), triples, s1, "grad")
+                obj, _ = self._objective(clone(item_behavior=False), step.triples, step.cl_clone, "grad")
                 self.meta_opt.zero_grad(set_to_none=True)
                 obj.backward()
+                self.dist.all_reduce_grads(list(clone.parameters()) + list(self.meta.parameters()))
                 if cfg["grad_clip"] > 0:
                     nn.utils.clip_grad_norm_(self.meta.parameters(), cfg["grad_clip"])
                 self._clip_step(clone_opt, list(clone.parameters()))
                 self.meta_opt.step()
                 t = self._tick("phase1_clone", t)
-                meta_obj, _ = self._objective(clone(item_behavior=False), meta_triples, s2, "grad")
+                meta_obj, _ = self._objective(clone(item_behavior=False), step.meta_triples, step.cl_meta, "grad")
                 self.meta_opt.zero_grad(set_to_none=True)
                 (0.5 * meta_obj).backward()
+                self.dist.all_reduce_grads(self.meta.parameters())
                 self._clip_step(self.meta_opt, list(self.meta.parameters()))
-                sums["meta"] = sums.get("meta", 0.0) + float(meta_obj.detach())
+                self._accumulate(sums, "meta", meta_obj.detach().double())
                 del clone, clone_opt
                 t = self._tick("phase2_meta", t)
-            obj, logs = self._objective(self.model(item_behavior=False), triples, s3, "nograd" if use_meta else "none")
+            obj, logs = self._objective(self.main_forward(item_behavior=False), step.triples, step.cl_main,
+                                        "nograd" if use_meta else "none")
             self.opt.zero_grad(set_to_none=True)
             obj.backward()
             self._clip_step(self.opt, list(self.model.parameters()))
             self._tick("phase3_main", t)
-            sums["total"] = sums.get("total", 0.0) + float(obj.detach())
+            self._accumulate(sums, "total", obj.detach().double())
             for key, v in logs.items():
-                sums[key] = sums.get(key, 0.0) + v
+                self._accumulate(sums, key, v)
             n_steps += 1
             bar.update(1)
-        return {k: v / max(n_steps, 1) for k, v in sums.items()}
+            if n_steps == half:
+                faults.pause_point("train", self.state.epoch + 1)
+        return self._epoch_means(sums, n_steps)
 
     def _pair_epoch(self, bar) -> dict[str, float]:
+        """MF / LightGCN: mean BPR per batch. Distributed, rank r takes rows j ≡ r (mod W) of the
+        batch and scales its mean by n_r / n, so the ranks' gradients sum to the batch's."""
         t = time.perf_counter()
-        trip = smp.pair_epoch_samples(self.pair_index, self.rng)
+        pack = IndexPack()
+        handles = pack.add_triples(smp.pair_epoch_samples(self.pair_index, self.rng))
+        trip = pack.to(self.device).triples(handles)
         t = self._tick("sampling", t)
-        B, total, n = self.cfg["batch_size"], 0.0, 0
+        B, n = self.cfg["batch_size"], 0
+        sums: dict[str, torch.Tensor] = {}
+        half = max(1, -(-len(trip) // B) // 2)
+        rank, world = self.dist.rank, self.dist.world
         for start in range(0, len(trip), B):
             sl = slice(start, start + B)
-            loss = self.model.bpr_loss(self._t(trip.users[sl]), self._t(trip.pos[sl]),
-                                       self._t(trip.neg[sl]), self.cfg["reg"])
+            users, pos, neg = trip.users[sl], trip.pos[sl], trip.neg[sl]
+            if world == 1:
+                loss = self.model.bpr_loss(users, pos, neg, self.cfg["reg"])
+            else:
+                rows, n_rows = slice(rank, None, world), len(users)
+                n_mine = len(range(n_rows)[rows])
+                rows, scale = (rows, n_mine / n_rows) if n_mine else (slice(0, 1), 0.0)
+                loss = scale * self.model.bpr_loss(users[rows], pos[rows], neg[rows], self.cfg["reg"])
             self.opt.zero_grad(set_to_none=True)
             loss.backward()
+            self.dist.all_reduce_grads(self.model.parameters())
             self._clip_step(self.opt, list(self.model.parameters()))
-            total += float(loss.detach())
+            self._accumulate(sums, "bpr", loss.detach().double())
             n += 1
             bar.update(1)
+            if n == half:
+                faults.pause_point("train", self.state.epoch + 1)
         self._tick("phase3_main", t)
-        return {"bpr": total / max(n, 1)}
+        return self._epoch_means(sums, n)
 
     def steps_per_epoch(self) -> int:
         if self.is_cml:
@@ -278,6 +349,8 @@ class Trainer:
 
     def _state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"model": self.model.state_dict(), "torch_rng": torch.get_rng_state()}
+        if self.device.type == "cuda":  # dropout of the meta network draws from the device's generator
+            st["cuda_rng"] = torch.cuda.get_rng_state(self.device)
         for name in ("meta", "opt", "sched", "meta_opt", "meta_sched"):
             obj = getattr(self, name)
             if obj is not None:
@@ -294,18 +367,36 @@ class Trainer:
                 "behaviors": self.ds.behaviors}
 
     def _save(self, best: bool) -> None:
+        """best.pt (when improved) first, then last.pt; the old last.pt becomes prev.pt only once
+        the new one is complete. A kill at any moment leaves last.pt (or prev.pt) at an epoch from
+        which a resume re-runs the later epochs exactly, and re-writes best.pt if they improve."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         state, info = self._state_dict(), self._info()
         last, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
-        if last.exists():
-            os.replace(last, prev)
-        save_checkpoint(last, state, info)
         if best:
             save_checkpoint(self.ckpt_dir / "best.pt", state, info)
 
+        def rotate() -> None:
+            if last.exists():
+                os.replace(last, prev)
+
+        save_checkpoint(last, state, info, before_rename=rotate)
+
     def _restore(self) -> None:
+        """Load last.pt, else prev.pt (a corrupt last.pt is renamed ``last.corrupt.pt`` so that the
+        next save does not rotate it into prev.pt); drop the metrics lines written after it. A run
+        killed before its first checkpoint starts again from epoch 0. Only rank 0 deletes or renames."""
+        for d in (self.run_dir, self.ckpt_dir) if self.dist.is_main else ():
+            for p in remove_stale_temporaries(d):
+                print(f"warning: removed {p}, left by an interrupted write", file=sys.stderr, flush=True)
+        names = ("last.pt", "prev.pt")
+        if not any((self.ckpt_dir / n).exists() for n in names):
+            print(f"warning: {self.run_dir}: no checkpoint yet; starting the run from epoch 0",
+                  file=sys.stderr, flush=True)
+            self._keep_metrics_through(-1)
+            return
         errors = []
-        for name in ("last.pt", "prev.pt"):
+        for name in names:
             try:
                 state, info = load_checkpoint(self.ckpt_dir / name)
                 break
@@ -313,8 +404,10 @@ class Trainer:
                 errors.append(str(e))
         else:
             raise CmlError(f"{self.run_dir}: no usable checkpoint to resume from ({'; '.join(errors)})")
-        for e in errors:
-            print(f"warning: {e}; using the previous checkpoint", file=sys.stderr)
+        if errors:
+            print(f"warning: {errors[0]}; resuming from {self.ckpt_dir / 'prev.pt'}", file=sys.stderr, flush=True)
+            if self.dist.is_main and (self.ckpt_dir / "last.pt").exists():
+                os.replace(self.ckpt_dir / "last.pt", self.ckpt_dir / "last.corrupt.pt")
         if info.get("id_map_checksum") != self.ds.id_map_checksum():
             raise CmlError(f"{self.run_dir}: checkpoint was trained on another dataset (id-map checksum differs)")
         self.model.load_state_dict(state["model"])
@@ -322,13 +415,20 @@ class Trainer:
             if getattr(self, name) is not None:
                 getattr(self, name).load_state_dict(state[name])
         torch.set_rng_state(state["torch_rng"])
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         self.rng.bit_generator.state = info["numpy_rng"]
         s = self.state
         s.epoch, s.best_epoch, s.best_value, s.wait = (info["epoch"], info["best_epoch"],
                                                        info["best_value"], info["wait"])
         if self.is_cml:
             self.meta_pointer.pos = info["meta_pos"]
-        # drop metrics lines written after the checkpoint (and a torn last line)
+        self._keep_metrics_through(s.epoch)
+
+    def _keep_metrics_through(self, epoch: int) -> None:
+        """Drop the metrics lines of epochs after ``epoch`` (and a torn last line)."""
+        if not self.dist.is_main:
+            return
         path = self.run_dir / "metrics.jsonl"
         kept = []
         if path.exists():
@@ -337,7 +437,7 @@ class Trainer:
                     row = json.loads(line)
                 except json.JSONDecodeError:
                     continue
-                if row.get("epoch", 1 << 30) <= s.epoch:
+                if isinstance(row, dict) and row.get("epoch", 1 << 30) <= epoch:
                     kept.append(json.dumps(row, sort_keys=True))
         atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
 
@@ -348,6 +448,15 @@ class Trainer:
             os.fsync(f.fileno())
 
     def prepare_run_dir(self, overwrite: bool = False, resume: bool = False) -> None:
+        """Create the run directory, or restore the run from it (``resume``). Distributed, rank 0
+        does this first (checks, clean-up, writes); the other ranks then only read the checkpoint."""
+        if self.dist.is_main:
+            self._prepare_run_dir_main(overwrite, resume)
+        self.dist.barrier()
+        if resume and not self.dist.is_main:
+            self._restore()
+
+    def _prepare_run_dir_main(self, overwrite: bool, resume: bool) -> None:
         rd = self.run_dir
         if resume:
             if not (rd / "config.yaml").is_file():
@@ -378,7 +487,7 @@ class Trainer:
         metric = cfg["monitor_metric"]
         steps = self.steps_per_epoch()
         n_epochs = cfg["epochs"] if self.trainable else 0
-        if not self.trainable and s.epoch == 0:
+        if n_epochs == 0 and s.best_epoch < 0:  # nothing to train: evaluate the initial model once
             self._finish_epoch(0, {}, time.perf_counter())
         while s.epoch < n_epochs and s.wait < cfg["patience"]:
             epoch = s.epoch + 1
@@ -396,6 +505,12 @@ class Trainer:
 
     def _finish_epoch(self, epoch: int, losses: dict[str, float], t0: float) -> None:
         cfg, s = self.cfg, self.state
+        faults.pause_point("eval", epoch)
+        if not self.dist.is_main:  # rank 0 evaluates, writes and decides; the others follow
+            improved = self.dist.broadcast_flag(False)
+            s.best_epoch, s.wait = (epoch, 0) if improved else (s.best_epoch, s.wait + 1)
+            s.epoch = epoch
+            return
         t = time.perf_counter()
         row: dict[str, Any] = {"epoch": epoch, "losses": {k: round(v, 8) for k, v in losses.items()}}
         if len(self.ds.valid):
@@ -404,7 +519,7 @@ class Trainer:
             row["test"] = self.evaluate("test")
         self._tick("eval", t)
         value = row[cfg["monitor"]][cfg["monitor_metric"]]
-        improved = value > s.best_value
+        improved = self.dist.broadcast_flag(value > s.best_value)
         if improved:
             s.best_value, s.best_epoch, s.wait = value, epoch, 0
         else:
@@ -419,16 +534,19 @@ class Trainer:
 
     def summary(self) -> dict[str, Any]:
         """Best epoch by the monitored metric; with monitor=valid the test split is evaluated once,
-        at the best checkpoint. Written to ``summary.json``."""
+        at the best checkpoint. Written to ``summary.json`` (by rank 0; the other ranks return {})."""
+        if not self.dist.is_main:
+            return {}
         s, cfg = self.state, self.cfg
-        rows = [json.loads(x) for x in (self.run_dir / "metrics.jsonl").read_text().splitlines() if x]
+        path = self.run_dir / "metrics.jsonl"
+        rows = [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
         best_row = next((r for r in rows if r["epoch"] == s.best_epoch), None)
         out: dict[str, Any] = {"monitor": cfg["monitor"], "monitor_metric": cfg["monitor_metric"],
                                "best_epoch": s.best_epoch, "epochs_run": s.epoch,
                                "test_selected": cfg["monitor"] == "test", "tie_rule": cfg["tie_rule"]}
         if best_row is not None:
             out["best"] = {k: best_row[k] for k in ("valid", "test") if k in best_row}
-        if cfg["monitor"] == "test":
+        if cfg["monitor"] == "test" and rows:
             for key in rows[0].get("test", {}):
                 vals = [r["test"][key] for r in rows if "test" in r]
                 out.setdefault("best_per_metric", {})[key] = max(vals)

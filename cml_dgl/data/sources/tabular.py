@@ -23,6 +23,7 @@ import lzma
 import math
 import os
 import sys
+import warnings
 import zipfile
 import zlib
 from dataclasses import dataclass
@@ -170,6 +171,9 @@ def _layout(spec: TableSpec, stream: BinaryIO, path: Path) -> tuple[_Layout, byt
         names = tuple(n.strip() for n in _split_fields(line))
     except UnicodeDecodeError:
         raise CmlError(f"{path}: line 1: expected a UTF-8 text header") from None
+    except csv.Error as e:  # e.g. a lone \r: old Mac line ends make the whole file one line
+        raise CmlError(f"{path}: line 1: expected a header line ending in \\n or \\r\\n, "
+                       f"got malformed CSV ({e})") from None
     missing = [n for n in roles.values() if n not in names]
     if missing:
         raise CmlError(f"{path}: line 1: header lacks column(s) {', '.join(missing)} "
@@ -236,9 +240,11 @@ def _parse_block(block: bytes, spec: TableSpec, lay: _Layout, lookup: dict[str, 
     p = lay.pos
     dtype = {p["user"]: id_type, p["item"]: id_type, p["behavior"]: "category", p["time"]: "int64"}
     try:
-        df = pd.read_csv(io.BytesIO(block), header=None, names=list(range(lay.n_fields)),
-                         dtype=dtype, engine="c", keep_default_na=False, na_values=[""],
-                         skip_blank_lines=True)
+        with warnings.catch_warnings():  # a bad value warns while casting, then raises: the raise counts
+            warnings.simplefilter("ignore", RuntimeWarning)
+            df = pd.read_csv(io.BytesIO(block), header=None, names=list(range(lay.n_fields)),
+                             dtype=dtype, engine="c", keep_default_na=False, na_values=[""],
+                             skip_blank_lines=True)
     except (ValueError, OverflowError, TypeError, UnicodeDecodeError, pd.errors.ParserError) as e:
         raise _BadBlock(str(e)) from None
     if df.shape[1] != lay.n_fields or not isinstance(df.index, pd.RangeIndex):
