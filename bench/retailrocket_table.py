@@ -1,6 +1,6 @@
 """The Retailrocket quality table: CML, its variants and the baselines, both protocols, 3 seeds.
 
-    python bench/retailrocket_table.py [--seeds 2023,2024,2025] [--jobs 2] [--out bench/out/rr]
+    python bench/retailrocket_table.py [--seeds 2023,2024,2025] [--jobs 2] [--out bench/out/retailrocket]
 
 Protocols (sampled 1+99 candidates stored with the dataset, ties broken by the exact expectation):
   paper   trained on the published training split (dataset made with --no-valid), every epoch
@@ -30,13 +30,17 @@ from bench.common import ROOT, retailrocket_dataset  # noqa: E402
 CML_RUN = ["--preset", "retailrocket", "--epochs", "100", "--patience", "30"]
 BASE_RUN = ["--epochs", "200", "--patience", "30", "--set", "dim=64", "--set", "opt_base_lr=0.001",
             "--set", "opt_max_lr=0.005", "--set", "reg=0.0001", "--set", "batch_size=2048"]
+CODE_ENCODER = ["--set", "activation=sigmoid", "--set", "norm=none"]
 CONFIGS: dict[str, list[str]] = {
     "CML (paper: PReLU, sym. norm)": CML_RUN,
-    "CML, code encoder (sigmoid, raw sums)": CML_RUN + ["--set", "activation=sigmoid", "--set", "norm=none"],
+    "CML, code encoder (sigmoid, raw sums)": CML_RUN + CODE_ENCODER,
     "CML, compat official": CML_RUN + ["--preset", "official"],
     "CML w/o CL (no-cl)": CML_RUN + ["--variant", "no-cl"],
     "CML w/o meta net (no-meta)": CML_RUN + ["--variant", "no-meta"],
     "CML w/o MKE (no-mke)": CML_RUN + ["--variant", "no-mke"],
+    "CML code encoder w/o CL": CML_RUN + CODE_ENCODER + ["--variant", "no-cl"],
+    "CML code encoder w/o meta net": CML_RUN + CODE_ENCODER + ["--variant", "no-meta"],
+    "CML code encoder w/o MKE": CML_RUN + CODE_ENCODER + ["--variant", "no-mke"],
     "Popularity (all behaviors)": ["--model", "pop"],
     "Popularity (purchases)": ["--model", "pop-target"],
     "BPR-MF (purchases)": BASE_RUN + ["--model", "mf"],

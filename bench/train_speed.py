@@ -1,12 +1,21 @@
 """Seconds per training epoch, split into sampling, the three CML phases and evaluation.
 
     python bench/train_speed.py [--epochs 5] [--json] [--datasets retailrocket,ijcai]
+    python bench/train_speed.py --scale 1,4,16 [--max-steps 5] [--backend torch] [--json]
 
 Datasets: the Retailrocket benchmark (published batch size 2048) and a synthetic dataset of the
 IJCAI-15 size (17,435 users, 35,920 items, ~800,000 edges over 4 behaviors; batch 8192), each with
 its preset. Also times the vectorised sampler on one epoch of 1 million target interactions.
 The authors' implementation needs 10.5 s per epoch on Retailrocket on this machine (median of 95
 epochs); the script prints the ratio.
+
+``--scale`` instead times synthetic datasets of 1x, 4x, ... the Tmall size (31,882 users, 31,232
+items, 1,451,219 edges over pv/fav/cart/buy; all three scaled together) with the tmall preset, each
+size in its own subprocess so that peak RSS is per size. Each size draws the full samples of one real
+CML epoch (timed as sampling), then runs only its first ``--max-steps`` steps through
+``Trainer._cml_epoch``; seconds per step is the median step after the first (warm-up) step, and
+the epoch time is *projected* as steps per epoch x seconds per step. The summary fits
+``s/step ~ edges^a`` and the epoch time's growth, and divides peak RSS by edges.
 """
 
 from __future__ import annotations
@@ -14,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,6 +75,85 @@ def time_sampling(n_interactions: int = 1_000_000, repeats: int = 3) -> float:
     return best * 1_000_000 / n
 
 
+TMALL = (31_882, 31_232, 1_451_219)  # users, items, edges over pv, fav, cart, buy
+
+
+class _StepClock:
+    """Stands in for the progress bar: records when each training step ends."""
+
+    def __init__(self) -> None:
+        self.ends: list[float] = [time.perf_counter()]
+
+    def update(self, n: int = 1) -> None:
+        self.ends.append(time.perf_counter())
+
+
+def time_scale(scale: float, backend: str, max_steps: int, out: Path) -> dict:
+    """One size, in this process: generation, graph build, sampling, and ``max_steps`` real steps."""
+    from cml_dgl.data.synth import synthetic_dataset
+    from cml_dgl.train import config
+    from cml_dgl.train.trainer import Trainer
+
+    class FirstSteps(Trainer):
+        def _draw_cml_steps(self, samples):
+            return super()._draw_cml_steps(samples)[:max_steps]
+
+    users, items, edges = (round(x * scale) for x in TMALL)
+    t = time.perf_counter()
+    ds = synthetic_dataset(users, items, edges, ("pv", "fav", "cart", "buy"), seed=0)
+    gen_s, gen_rss = time.perf_counter() - t, peak_rss_gb()
+    cfg = config.resolve(presets=["tmall"], overrides=["epochs=1", f"backend={backend}", "device=cpu"])
+    t = time.perf_counter()
+    tr = FirstSteps(ds, cfg, out, quiet=True)
+    build_s = time.perf_counter() - t
+    clock = _StepClock()
+    tr._cml_epoch(clock)
+    steps = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
+    timed = steps[1:] if len(steps) > 1 else steps
+    s_per_step = statistics.median(timed)
+    n_steps = tr.steps_per_epoch()
+    return {"scale": scale, "users": users, "items": items, "edges": sum(ds.train_counts().values()),
+            "purchases": len(ds.edges(ds.n_behaviors - 1)[0]), "backend": backend,
+            "s_per_step": s_per_step, "first_step_s": steps[0], "steps_timed": len(timed),
+            "steps_per_epoch": n_steps, "projected_s_per_epoch": n_steps * s_per_step,
+            "sampling_s": tr.timings.get("sampling", 0.0), "build_s": build_s, "generate_s": gen_s,
+            "phases_mean_s_incl_first_step": {k: v / len(steps) for k, v in tr.timings.items() if k != "sampling"},
+            "gen_peak_rss_gb": gen_rss, "peak_rss_gb": peak_rss_gb()}
+
+
+def _fit_exponent(x: list[float], y: list[float]) -> float:
+    import numpy as np
+
+    return float(np.polyfit(np.log(x), np.log(y), 1)[0])
+
+
+def scale_summary(rows: list[dict], ram_gb: float = 24.0) -> dict:
+    """Growth exponents versus edges and the largest edge count whose peak RSS fits ``ram_gb``."""
+    out: dict = {}
+    if len(rows) >= 2:
+        e = [r["edges"] for r in rows]
+        out["exp_s_per_step_vs_edges"] = _fit_exponent(e, [r["s_per_step"] for r in rows])
+        out["exp_epoch_vs_edges"] = _fit_exponent(e, [r["projected_s_per_epoch"] for r in rows])
+        out["exp_peak_rss_vs_edges"] = _fit_exponent(e, [r["peak_rss_gb"] for r in rows])
+        a, b = sorted(rows, key=lambda r: r["edges"])[-2:]
+        per_edge = (b["peak_rss_gb"] - a["peak_rss_gb"]) / (b["edges"] - a["edges"])
+        out["marginal_rss_bytes_per_edge"] = per_edge * 1024 ** 3
+        out["edges_fitting_24gb"] = b["edges"] + (ram_gb - b["peak_rss_gb"]) / per_edge if per_edge > 0 else None
+        out["us_per_step_per_edge"] = b["s_per_step"] / b["edges"] * 1e6
+    return out
+
+
+def run_scales(scales: list[float], backend: str, max_steps: int, work: Path) -> list[dict]:
+    rows = []
+    for s in scales:
+        cmd = [sys.executable, __file__, "--one-scale", str(s), "--max-steps", str(max_steps),
+               "--backend", backend, "--workdir", str(work)]
+        res = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)
+        rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
+        print(f"scale {s:g}: done", file=sys.stderr, flush=True)
+    return rows
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--epochs", type=int, default=5)
@@ -72,7 +161,34 @@ def main() -> None:
     ap.add_argument("--backend", default="auto", choices=["auto", "dgl", "torch"])
     ap.add_argument("--json", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--scale", default=None,
+                    help="comma-separated multiples of the Tmall size, e.g. 1,4,16 (replaces --datasets)")
+    ap.add_argument("--max-steps", type=int, default=5,
+                    help="with --scale: training steps timed per size (the first is warm-up)")
+    ap.add_argument("--one-scale", type=float, default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
+    if args.max_steps < 1:
+        sys.exit("--max-steps must be >= 1")
+    if args.one_scale is not None:
+        work = Path(tempfile.mkdtemp(prefix="cml-scale-", dir=args.workdir))
+        print(json.dumps(time_scale(args.one_scale, args.backend, args.max_steps, work / "run"), sort_keys=True))
+        return
+    if args.scale is not None:
+        scales = [float(x) for x in args.scale.split(",")]
+        work = args.workdir or Path(tempfile.mkdtemp(prefix="cml-speed-"))
+        rows = run_scales(scales, args.backend, args.max_steps, work)
+        summary = scale_summary(rows)
+        if args.json:
+            print(json.dumps({"rows": rows, "summary": summary}, sort_keys=True))
+            return
+        for r in rows:
+            print(f"{r['scale']:g}x ({r['users']:,} users, {r['items']:,} items, {r['edges']:,} edges): "
+                  f"{r['s_per_step']:.3f} s/step x {r['steps_per_epoch']} steps = "
+                  f"{r['projected_s_per_epoch']:.1f} s/epoch (projected); sampling {r['sampling_s']:.2f} s, "
+                  f"build {r['build_s']:.2f} s, peak RSS {r['peak_rss_gb']:.2f} GB")
+        for k, v in summary.items():
+            print(f"{k}: {v:.4g}" if v is not None else f"{k}: n/a")
+        return
     import torch
 
     from cml_dgl.data.dataset import load_dataset
