@@ -5,8 +5,11 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+import json
+
 import numpy as np
 import pytest
+from click.testing import CliRunner
 
 from cml_dgl.data.dataset import Dataset
 
@@ -68,3 +71,33 @@ def make_tiny_dataset(n_users: int = 12, n_items: int = 20, behaviors=("view", "
 @pytest.fixture
 def tiny_dataset() -> Dataset:
     return make_tiny_dataset()
+
+
+def run_cli(*args, catch_exceptions: bool = True):
+    """Invoke ``cml`` in-process, with stderr kept apart from stdout."""
+    from cli.main import cli
+
+    try:
+        runner = CliRunner(mix_stderr=False)
+    except TypeError:  # click >= 8.2 keeps stderr apart already
+        runner = CliRunner()
+    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)
+
+
+def assert_one_line_error(res, *fragments: str) -> str:
+    """Exit code 2 and a single ``error: ...`` line on stderr holding every fragment."""
+    assert res.exit_code == 2, (res.exit_code, res.output, res.stderr, res.exception)
+    err = res.stderr.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    for f in fragments:
+        assert f in err, (f, err)
+    return err
+
+
+def metrics_rows(run_dir: Path) -> list[dict]:
+    """A run's metrics.jsonl without its timing fields (what determinism and resume compare)."""
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    for r in rows:
+        r.pop("seconds")
+        r.pop("timings")
+    return rows

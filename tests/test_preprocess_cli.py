@@ -6,18 +6,14 @@ import pickle
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from click.testing import CliRunner
 
 from cli.main import cli
 from cml_dgl.data.dataset import load_dataset
+from conftest import run_cli
 
 
 def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2 keeps stderr apart already
-        runner = CliRunner()
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return run_cli(*args, catch_exceptions=False)
 
 
 def ok(*args):

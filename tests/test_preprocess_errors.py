@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import scipy.sparse as sp
-from click.testing import CliRunner
 
 from cli.main import cli
+from conftest import run_cli
 
 GOOD_TAOBAO = ["1,10,5,pv,1511544070", "1,11,5,buy,1511544071", "1,12,5,buy,1511544072",
                "1,13,5,buy,1511544073", "2,10,5,cart,1511544074"]
@@ -20,11 +20,7 @@ IJCAI_HEADER = "user_id,item_id,cat_id,seller_id,brand_id,time_stamp,action_type
 
 
 def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2 keeps stderr apart already
-        runner = CliRunner()
-    return runner.invoke(cli, [str(a) for a in args], catch_exceptions=False)
+    return run_cli(*args, catch_exceptions=False)
 
 
 def assert_clean_failure(res, out: Path, *fragments: str) -> str:

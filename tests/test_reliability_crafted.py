@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
-from click.testing import CliRunner
 
 from cli.main import cli
 from cml_dgl.data.dataset import FORMAT_VERSION, write_dataset
 from cml_dgl.train.checkpoint import FORMAT, VERSION
 from conftest import make_tiny_dataset
+from conftest import run_cli as invoke, assert_one_line_error as refused
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -40,23 +40,6 @@ class Touch:
         if self.how == "exec":
             return (exec, (f"open({self.marker!r}, 'w').close()",))
         return (os.system, (f"touch {self.marker}",))
-
-
-def invoke(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2
-        runner = CliRunner()
-    return runner.invoke(cli, [str(a) for a in args])
-
-
-def refused(res, *fragments):
-    assert res.exit_code == 2, (res.exit_code, res.output, res.stderr, res.exception)
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-    for f in fragments:
-        assert f in err, f"{f!r} not in {err!r}"
-    return err
 
 
 @pytest.fixture(scope="module")

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from click.testing import CliRunner
 
 from cli.main import cli
 from cml_dgl.data.dataset import load_dataset
+from conftest import run_cli as run
 
 REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("fuzz_parsers", REPO / "bench" / "fuzz_parsers.py")
@@ -32,14 +32,6 @@ def test_garbled_logs_end_in_a_dataset_or_a_one_line_error(parser):
     assert c["crashed"] == 0
     assert c["tried"] == c["valid"] + c["refused"] >= EXAMPLES
     assert c["valid"] > 0 and c["refused"] > 0, f"the cases should reach both outcomes: {dict(c)}"
-
-
-def run(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2
-        runner = CliRunner()
-    return runner.invoke(cli, [str(a) for a in args])
 
 
 CLEAN = {

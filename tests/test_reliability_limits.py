@@ -8,31 +8,14 @@ import numpy as np
 import pytest
 import torch
 import scipy.sparse as sp
-from click.testing import CliRunner
 
-from cli.main import cli
 from cml_dgl.data.dataset import load_dataset, write_dataset
 from conftest import make_tiny_dataset
+from conftest import run_cli as invoke, assert_one_line_error as one_line_error
 
 ev = importlib.import_module("cml_dgl.eval.evaluate")  # the package re-exports a function of that name
 
 SMALL = ["--backend", "torch", "--set", "n_layers=1", "--set", "batch_size=64", "--quiet"]
-
-
-def invoke(*args):
-    try:
-        runner = CliRunner(mix_stderr=False)
-    except TypeError:  # click >= 8.2
-        runner = CliRunner()
-    return runner.invoke(cli, [str(a) for a in args])
-
-
-def one_line_error(res, *fragments):
-    assert res.exit_code == 2, (res.exit_code, res.output, res.stderr, res.exception)
-    err = res.stderr.strip()
-    assert err.startswith("error: ") and "\n" not in err, err
-    for f in fragments:
-        assert f in err, (f, err)
 
 
 NO_BUY = "1,10,5,pv,1511544070\n1,11,5,cart,1511544071\n2,12,5,fav,1511544072\n2,10,5,pv,1511544073\n"

@@ -19,6 +19,7 @@ from cml_dgl.train import faults
 from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
 from cml_dgl.train.trainer import Trainer
 from conftest import make_tiny_dataset
+from conftest import metrics_rows as metrics
 
 REPO = Path(__file__).resolve().parents[1]
 SMALL = ["--backend", "torch", "--set", "n_layers=1"]
@@ -38,14 +39,6 @@ def reference(ds_dir, tmp_path_factory):
     res = CliRunner().invoke(cli, ["train", str(ds_dir), "-o", str(run), "--epochs", "3", *FAST])
     assert res.exit_code == 0, res.output
     return run
-
-
-def metrics(run):
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-        r.pop("timings")
-    return rows
 
 
 def same_best(a, b):

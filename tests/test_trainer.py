@@ -11,6 +11,7 @@ from cli.main import cli
 from cml_dgl.data.dataset import write_dataset
 from cml_dgl.train.checkpoint import load_checkpoint
 from conftest import make_tiny_dataset
+from conftest import metrics_rows as metrics
 
 FAST = ["--set", "batch_size=32", "--set", "meta_batch=8", "--set", "meta_samples=4", "--quiet"]
 
@@ -26,14 +27,6 @@ def train(ds_dir, run, *extra, expect=0):
     res = CliRunner().invoke(cli, ["train", str(ds_dir), "-o", str(run), *FAST, *extra])
     assert res.exit_code == expect, res.output
     return res
-
-
-def metrics(run):
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    for r in rows:
-        r.pop("seconds")
-        r.pop("timings")
-    return rows
 
 
 def test_same_seed_same_metrics_and_run_dir_contents(ds_dir, tmp_path):
