@@ -23,7 +23,7 @@ def run_ok(*args):
 
 
 def _unpickle(path):
-    return safe_pickle.load(path)  # pickles run code when loaded: never plain pickle.load
+    return safe_pickle.restricted_load(path)  # pickles run code when loaded: never plain pickle.load
 
 
 def test_published_retailrocket_split_is_kept_exactly(shared_data, tmp_path):

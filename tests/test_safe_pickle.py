@@ -49,7 +49,7 @@ def test_numpy_scipy_and_plain_objects_round_trip(tmp_path, protocol):
     for name, obj in objs.items():
         path = tmp_path / f"{name}_{protocol}"
         path.write_bytes(pickle.dumps(obj, protocol=protocol))
-        back = safe_pickle.load(path)
+        back = safe_pickle.restricted_load(path)
         if sp.issparse(obj):
             assert back.format == obj.format
             assert (back != obj).nnz == 0
@@ -68,7 +68,7 @@ def test_pickle_that_would_run_code_is_refused_before_running(tmp_path, payload)
     path.write_bytes(pickle.dumps(payload(marker)))
     with pytest.raises(CmlError, match=r"trn_buy: refused to unpickle: it references "
                                        r"(?:(?:posix|nt|os)\.system|subprocess\.Popen|builtins\.eval)"):
-        safe_pickle.load(path)
+        safe_pickle.restricted_load(path)
     assert not marker.exists(), "the pickled command must not have run"
 
 
@@ -77,7 +77,7 @@ def test_malicious_object_nested_inside_an_allowed_container_is_refused(tmp_path
     path = tmp_path / "tst_int"
     path.write_bytes(pickle.dumps([1, None, _RunsCommand(marker)]))
     with pytest.raises(CmlError, match="refused"):
-        safe_pickle.load(path)
+        safe_pickle.restricted_load(path)
     assert not marker.exists()
 
 
@@ -89,9 +89,9 @@ def test_corrupt_truncated_and_empty_files_are_clean_errors(tmp_path):
     for name, pattern in (("trunc", "not a readable pickle"), ("garbage", "not a readable pickle"),
                           ("empty", "empty file")):
         with pytest.raises(CmlError, match=f"{name}: {pattern}"):
-            safe_pickle.load(tmp_path / name)
+            safe_pickle.restricted_load(tmp_path / name)
     with pytest.raises(CmlError, match="no such file"):
-        safe_pickle.load(tmp_path / "absent")
+        safe_pickle.restricted_load(tmp_path / "absent")
 
 
 def test_allowlist_holds_no_callable_that_reaches_the_system():

@@ -61,7 +61,7 @@ class SafeUnpickler(pickle.Unpickler):
         raise RefusedGlobal(f"{module}.{name} (not importable here)")
 
 
-def loads(data: bytes, what: str = "data") -> Any:
+def restricted_loads(data: bytes, what: str = "data") -> Any:
     """Unpickle ``data`` with :class:`SafeUnpickler`; CmlError naming ``what`` on any failure."""
     try:
         return SafeUnpickler(io.BytesIO(data)).load()
@@ -74,7 +74,7 @@ def loads(data: bytes, what: str = "data") -> Any:
         raise CmlError(f"{what}: not a readable pickle ({type(e).__name__}: {e})") from None
 
 
-def load(path: str | os.PathLike) -> Any:
+def restricted_load(path: str | os.PathLike) -> Any:
     """Read and safely unpickle one file; CmlError naming the file when missing, refused or corrupt."""
     p = Path(path)
     try:
@@ -87,4 +87,4 @@ def load(path: str | os.PathLike) -> Any:
         raise CmlError(f"{p}: cannot read ({e.strerror or e})") from None
     if not data:
         raise CmlError(f"{p}: empty file, expected a pickle")
-    return loads(data, str(p))
+    return restricted_loads(data, str(p))

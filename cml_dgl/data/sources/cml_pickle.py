@@ -92,7 +92,7 @@ def _matrix(path: Path) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.nda
     """(shape, rows, cols, times) of the non-zero entries of a pickled sparse matrix."""
     import scipy.sparse as sp
 
-    obj = safe_pickle.load(path)
+    obj = safe_pickle.restricted_load(path)
     if not sp.issparse(obj):
         raise CmlError(f"{path}: expected a pickled scipy.sparse users x items matrix, "
                        f"got {type(obj).__name__}")
@@ -118,7 +118,7 @@ def _matrix(path: Path) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.nda
 
 
 def _test_items(path: Path, n_users: int, n_items: int) -> np.ndarray:
-    obj = safe_pickle.load(path)
+    obj = safe_pickle.restricted_load(path)
     if isinstance(obj, np.ndarray) and obj.ndim == 1:
         arr = obj.astype(object) if obj.dtype.kind in "iu" else obj
     elif isinstance(obj, (list, tuple)):
@@ -149,7 +149,7 @@ def _test_items(path: Path, n_users: int, n_items: int) -> np.ndarray:
 def _meta_users(path: Path, n_users: int) -> np.ndarray | None:
     if not path.exists():
         return None
-    obj = safe_pickle.load(path)
+    obj = safe_pickle.restricted_load(path)
     try:
         arr = np.asarray(obj) if isinstance(obj, (np.ndarray, list, tuple)) else None
     except ValueError:
