@@ -29,7 +29,7 @@ import json
 import os
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,8 +59,6 @@ class TrainState:
     best_epoch: int = -1
     best_value: float = -1.0
     wait: int = 0
-    meta_pos: int = 0
-    history: list[dict[str, Any]] = field(default_factory=list)
 
 
 def _cyclic(opt: torch.optim.Optimizer, base: float, peak: float, up: int, down: int):
@@ -91,10 +89,10 @@ class Trainer:
         torch.manual_seed(cfg["seed"])
         self.rng = np.random.default_rng(cfg["seed"])
         self.model, self.meta = build_model(ds, cfg, self.device)
-        self.index = smp.edge_indices(ds)
         self.is_cml = cfg["model"] == "cml"
         self.trainable = any(p.requires_grad for p in self.model.parameters())
         if self.is_cml:
+            self.index = smp.edge_indices(ds)
             meta_users = ds.meta_users if (cfg["meta_users"] == "auto" and ds.meta_users is not None) \
                 else smp.default_meta_users(ds, np.random.default_rng(cfg["seed"] + 1))
             self.meta_pointer = smp.MetaPointer(np.asarray(meta_users, dtype=np.int64), cfg["meta_batch"])
@@ -138,7 +136,6 @@ class Trainer:
 
         cfg, K, shard_sum = self.cfg, self.ds.n_behaviors, self.dist.shard_sum
         meta = self.meta if weigh != "none" else None
-        total = out.user.new_zeros(())
         bpr_sum = out.user.new_zeros(())
         reg = out.user.new_zeros(())
         for k, t in enumerate(triples):
@@ -148,8 +145,7 @@ class Trainer:
             zu, zp, zn = _rows(out.user, u), _rows(out.item, p), _rows(out.item, n)
             loss = bpr_loss((zu * zp).sum(-1), (zu * zn).sum(-1))
             if meta is not None:
-                w = self._weights(meta.bpr_weights, loss, _rows(out.user, u), _rows(out.user_beh[k], u), k,
-                                  weigh)
+                w = self._weights(meta.bpr_weights, loss, zu, _rows(out.user_beh[k], u), k, weigh)
                 loss = w * loss
             bpr_sum = bpr_sum + shard_sum(loss)
             if cfg["reg_all_behaviors"] or k == K - 1:
@@ -160,14 +156,15 @@ class Trainer:
         if cfg["variant"] != "no-cl" and cfg["beta"] > 0 and len(cl_users) >= 2 and cl_behaviors:
             s = cl_users
             anchor = _rows(out.user_beh[K - 1], s)
+            fused = _rows(out.user, s) if meta is not None else None
             cl_sum = out.user.new_zeros(())
             for k in cl_behaviors:
-                loss = contrastive_loss(anchor, _rows(out.user_beh[k], s), temperature=cfg["cl_temperature"],
+                view = _rows(out.user_beh[k], s)
+                loss = contrastive_loss(anchor, view, temperature=cfg["cl_temperature"],
                                         similarity=cfg["cl_similarity"], variant=cfg["cl_variant"],
                                         chunk_size=cfg["cl_chunk"], users=s)
                 if meta is not None:
-                    w = self._weights(meta.cl_weights, loss, _rows(out.user_beh[k], s), _rows(out.user, s), k,
-                                      weigh)
+                    w = self._weights(meta.cl_weights, loss, view, fused, k, weigh)
                     loss = w * loss
                 cl_sum = cl_sum + shard_sum(loss)
             total = total + cfg["beta"] * cl_sum / len(cl_behaviors)
@@ -470,6 +467,8 @@ class Trainer:
                 (rd / sub).unlink(missing_ok=True)
             for f in self.ckpt_dir.glob("*.pt") if self.ckpt_dir.exists() else []:
                 f.unlink()
+            for d in (rd, self.ckpt_dir):
+                remove_stale_temporaries(d)
         rd.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(rd / "config.yaml", dump(self.cfg).encode())
         atomic_write_json(rd / "run.json", {
@@ -483,8 +482,6 @@ class Trainer:
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
-        monitor = cfg["monitor"]
-        metric = cfg["monitor_metric"]
         steps = self.steps_per_epoch()
         n_epochs = cfg["epochs"] if self.trainable else 0
         if n_epochs == 0 and s.best_epoch < 0:  # nothing to train: evaluate the initial model once
@@ -552,7 +549,7 @@ class Trainer:
                 out.setdefault("best_per_metric", {})[key] = max(vals)
         elif (self.ckpt_dir / "best.pt").exists():
             state, _ = load_checkpoint(self.ckpt_dir / "best.pt")
-            current = self.model.state_dict()
+            current = {k: v.clone() for k, v in self.model.state_dict().items()}  # state_dict aliases
             self.model.load_state_dict(state["model"])
             out["test_at_best"] = self.evaluate("test")
             self.model.load_state_dict(current)
