@@ -14,6 +14,20 @@ from typing import Any, Callable, Iterator
 from cml_dgl.errors import CmlError
 
 
+def open_binary(path: str | os.PathLike, expected: str = "a file") -> BinaryIO:
+    """``open(path, "rb")``, with a CmlError naming the file when it is missing, a directory or
+    unreadable (``expected`` says what should have been there)."""
+    p = Path(path)
+    try:
+        return open(p, "rb")
+    except FileNotFoundError:
+        raise CmlError(f"{p}: no such file") from None
+    except IsADirectoryError:
+        raise CmlError(f"{p}: is a directory, expected {expected}") from None
+    except OSError as e:
+        raise CmlError(f"{p}: cannot read ({e.strerror or e})") from None
+
+
 def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as f:

@@ -102,7 +102,7 @@ def test_missing_directory_empty_binary_and_header_only_inputs(tmp_path):
 
 
 def test_unreadable_file(tmp_path, monkeypatch):
-    from cml_dgl.data.sources import tabular
+    from cml_dgl import fsutil
 
     src = tmp_path / "locked.csv"
     src.write_text("\n".join(GOOD_TAOBAO) + "\n")
@@ -110,7 +110,7 @@ def test_unreadable_file(tmp_path, monkeypatch):
     def denied(path, *args, **kwargs):  # what open() raises on a file without read permission
         raise PermissionError(13, "Permission denied", str(path))
 
-    monkeypatch.setattr(tabular, "open", denied, raising=False)
+    monkeypatch.setattr(fsutil, "open", denied, raising=False)  # tests run as root: chmod won't do
     out = tmp_path / "out"
     assert_clean_failure(run("preprocess", "taobao", src, "-o", out), out,
                          "locked.csv: cannot read (Permission denied)")

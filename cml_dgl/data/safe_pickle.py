@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from cml_dgl.errors import CmlError
+from cml_dgl.fsutil import open_binary
 
 _SPARSE = ("csr_matrix", "csc_matrix", "coo_matrix", "csr_array", "csc_array", "coo_array")
 
@@ -77,14 +78,11 @@ def restricted_loads(data: bytes, what: str = "data") -> Any:
 def restricted_load(path: str | os.PathLike) -> Any:
     """Read and safely unpickle one file; CmlError naming the file when missing, refused or corrupt."""
     p = Path(path)
-    try:
-        data = p.read_bytes()
-    except FileNotFoundError:
-        raise CmlError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise CmlError(f"{p}: is a directory, expected a pickle file") from None
-    except OSError as e:
-        raise CmlError(f"{p}: cannot read ({e.strerror or e})") from None
+    with open_binary(p, "a pickle file") as f:
+        try:
+            data = f.read()
+        except OSError as e:
+            raise CmlError(f"{p}: cannot read ({e.strerror or e})") from None
     if not data:
         raise CmlError(f"{p}: empty file, expected a pickle")
     return restricted_loads(data, str(p))

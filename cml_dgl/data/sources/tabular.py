@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from cml_dgl.data.events import Events, smallest_int
 from cml_dgl.errors import CmlError
+from cml_dgl.fsutil import open_binary
 
 DEFAULT_BLOCK_BYTES = 64 << 20
 _CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"
@@ -97,15 +98,7 @@ def _compressed(raw: BinaryIO, path: Path) -> BinaryIO:
 def open_input(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, Callable[[], int], int]]:
     """Open a (possibly compressed) input: yields (stream, bytes-of-file-consumed, file size)."""
     p = Path(path)
-    try:
-        raw = open(p, "rb")
-    except FileNotFoundError:
-        raise CmlError(f"{p}: no such file") from None
-    except IsADirectoryError:
-        raise CmlError(f"{p}: is a directory, expected a file") from None
-    except OSError as e:
-        raise CmlError(f"{p}: cannot read ({e.strerror or e})") from None
-    with raw:
+    with open_binary(p) as raw:
         size = os.fstat(raw.fileno()).st_size
         if size == 0:
             raise CmlError(f"{p}: empty file, expected event rows")
