@@ -27,7 +27,7 @@ def meta_contrastive_weights(run: LoadedRun, chunk: int = 1024, seed: int = 0) -
 
     if run.meta is None or run.cfg["model"] != "cml":
         return {}
-    out = run.model()
+    out = run.model(item_behavior=False)
     K = run.ds.n_behaviors
     cfg = run.cfg
     order = torch.as_tensor(np.random.default_rng(seed).permutation(run.ds.n_users), device=out.user.device)
@@ -76,15 +76,15 @@ def export_embeddings(run: LoadedRun, out: str | Path, fmt: str = "npy", per_beh
     ds = run.ds
     with torch.no_grad():
         run.model.eval()
-        user, item = run.model.embeddings()
+        if per_behavior and run.cfg["model"] != "cml":
+            raise CmlError("--per-behavior needs a CML run (baselines have no behavior-specific embeddings)")
+        o = run.model() if per_behavior else None
+        user, item = (o.user, o.item) if o is not None else run.model.embeddings()
         tables: dict[str, tuple[np.ndarray, np.ndarray]] = {
             "users": (ds.user_ids, user.float().cpu().numpy()),
             "items": (ds.item_ids, item.float().cpu().numpy()),
         }
-        if per_behavior:
-            if run.cfg["model"] != "cml":
-                raise CmlError("--per-behavior needs a CML run (baselines have no behavior-specific embeddings)")
-            o = run.model()
+        if o is not None:
             for k, b in enumerate(ds.behaviors):
                 tables[f"users_{b}"] = (ds.user_ids, o.user_beh[k].float().cpu().numpy())
                 tables[f"items_{b}"] = (ds.item_ids, o.item_beh[k].float().cpu().numpy())
