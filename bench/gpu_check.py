@@ -7,6 +7,9 @@ Stages, each printed as it finishes, then one ``RESULT {json}`` line:
 
 1. ``equality``: a CML encoder built on the CPU and copied to the device (torch backend) gives the
    same fused and behavior-specific embeddings and the same gradients (max abs diff <= 1e-5).
+1b. ``syncs``: host-device synchronisations counted by torch's sync debug mode while
+   the device sampler draws an epoch (a bounded few) and during 5 training steps (must be 0), for
+   the paper's and the official configuration.
 2. ``retailrocket``: a few epochs of ``--preset retailrocket --monitor test`` on the published split:
    ``--retail DIR`` or ``bench/out/retail``, a dataset made by ``cml preprocess cml-pickle SRC -o
    bench/out/retail --no-valid`` (carry it to a machine without the shared data or without scipy),
@@ -120,6 +123,55 @@ def check_equality(device, small: bool) -> dict:
     return res
 
 
+# ---------------------------------------------------------------- 2. host syncs of a training step
+def check_syncs(device, work: Path) -> dict:
+    """Counts the host-device synchronisations (``torch.cuda.set_sync_debug_mode("warn")``) while
+    drawing one epoch on the device and while running its first steps; a step must have none."""
+    import warnings
+
+    import torch
+
+    from cml_dgl.data.synth import synthetic_dataset
+    from cml_dgl.train import config
+    from cml_dgl.train.trainer import Trainer
+
+    cuda = device.type == "cuda"
+    ds = synthetic_dataset(2_000, 3_000, 60_000, seed=2)
+    res = {} if cuda else {"note": "CPU: the code runs, no syncs are counted (tests/test_gpu_path.py "
+                                    "checks the CPU path with a dispatch probe)"}
+    for variant in ("paper", "official"):
+        cfg = config.resolve(presets=["official"] if variant == "official" else [],
+                             overrides=[f"device={device.type}", "backend=torch", "batch_size=256",
+                                        "sampler=device"])
+        tr = Trainer(ds, cfg, work / f"run-syncs-{variant}", quiet=True)
+        counts = {}
+        for phase in ("draw", "steps"):
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if cuda:
+                    torch.cuda.set_sync_debug_mode("warn")
+                try:
+                    if phase == "draw":
+                        steps = tr.draws.cml_steps()
+                    else:
+                        sums: dict = {}
+                        for step in steps[:5]:
+                            tr._cml_step(step, sums)
+                finally:
+                    if cuda:
+                        torch.cuda.set_sync_debug_mode("default")
+                        torch.cuda.synchronize(device)
+            syncs = [str(w.message).splitlines()[0] for w in caught if "synchroniz" in str(w.message)]
+            counts[phase] = len(syncs)
+            if phase == "steps" and syncs:
+                res[f"{variant}_first_step_sync"] = syncs[0]
+        res[variant] = {"sampler": tr.sampler, "steps_in_epoch": len(steps), "syncs_drawing_epoch": counts["draw"],
+                        "syncs_in_5_steps": counts["steps"]}
+    if cuda:
+        res["ok"] = all(res[v]["syncs_in_5_steps"] == 0 for v in ("paper", "official"))
+    return res
+
+
 # ---------------------------------------------------------------- training stages
 def train_epochs(ds, presets: list[str], overrides: list[str], device, epochs: int, clock: Clock,
                  work: Path, name: str) -> dict:
@@ -151,7 +203,8 @@ def train_epochs(ds, presets: list[str], overrides: list[str], device, epochs: i
     out = {
         "users": ds.n_users, "items": ds.n_items, "train_edges": int(sum(ds.train_counts().values())),
         "target_edges": int(ds.train_counts()[ds.behaviors[-1]]), "batch_size": cfg["batch_size"],
-        "steps_per_epoch": tr.steps_per_epoch(), "epochs": len(rows), "setup_seconds": round(setup_s, 2),
+        "steps_per_epoch": tr.steps_per_epoch(), "sampler": tr.sampler, "epochs": len(rows),
+        "setup_seconds": round(setup_s, 2),
         "seconds_per_epoch": round(statistics.median(r["seconds"] for r in timed), 3),
         "eval_seconds_per_epoch": round(statistics.median(r["timings"].get("eval", 0.0) for r in timed), 3),
         "first_epoch_seconds": rows[0]["seconds"] if rows else None,
@@ -219,7 +272,7 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=280.0, help="Seconds for the whole check.")
     ap.add_argument("--retail", type=Path, default=None, help="A preprocessed Retailrocket dataset directory.")
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--skip", default="", help="Comma-separated stages to skip (equality,retailrocket,tmall,taobao).")
+    ap.add_argument("--skip", default="", help="Comma-separated stages to skip (equality,syncs,retailrocket,tmall,taobao).")
     args = ap.parse_args()
     clock = Clock(args.budget)
     missing = _setup_path()
@@ -248,6 +301,7 @@ def main() -> int:
     taobao = (19_760, 83_240, min(args.taobao_edges, 400_000)) if small else (987_994, 4_162_024, args.taobao_edges)
     stages = [
         ("equality", lambda: check_equality(device, small)),
+        ("syncs", lambda: check_syncs(device, work)),
         ("retailrocket", lambda: retailrocket(args, device, clock, work)),
         ("tmall", lambda: synthetic("tmall", *tmall, None, device, args.epochs, clock, work)),
         ("taobao", lambda: _taobao(taobao, device, args.epochs, clock, work, results)),

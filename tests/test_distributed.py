@@ -31,6 +31,9 @@ CASES = {
     "cml-train-mode-weights": ONE_STEP + ["meta_eval_weights=false", "cl_variant=official"],
     "mf": ONE_STEP + ["model=mf"],
     "lightgcn": ONE_STEP + ["model=lightgcn"],
+    # the device sampler: every rank's torch generator draws the same global samples
+    "cml-device-sampler": ONE_STEP + ["sampler=device"],
+    "mf-device-sampler": ONE_STEP + ["model=mf", "sampler=device"],
 }
 
 

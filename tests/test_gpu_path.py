@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ import pytest
 import torch
 import yaml
 from click.testing import CliRunner
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from cli.main import cli
 from cml_dgl.data.dataset import load_dataset, write_dataset
@@ -87,11 +89,13 @@ def test_index_pack_moves_once_and_returns_views():
 def test_epoch_draws_equal_step_by_step_draws(ds_dir, tmp_path):
     """Drawing the whole epoch up front consumes the generator exactly as the per-step loop did."""
     tr = _trainer(ds_dir, tmp_path, "meta_cl_all_users=false")
-    samples = smp.cml_epoch_samples(tr.ds, tr.index, tr.rng)
-    state = tr.rng.bit_generator.state
-    steps = tr._draw_cml_steps(samples)
+    draws = tr.draws
+    assert isinstance(draws, batches.HostDraws), "the CPU default is the host (numpy) stream"
+    state = draws.rng.bit_generator.state
+    steps = draws.cml_steps()
     rng = np.random.default_rng()
     rng.bit_generator.state = state
+    samples = smp.cml_epoch_samples(tr.ds, draws.index, rng)
     pointer = smp.MetaPointer(tr.meta_pointer.users, tr.cfg["meta_batch"])
     B, ratio, K = tr.cfg["batch_size"], tr.cfg["cl_sample_ratio"], tr.ds.n_behaviors
     assert len(steps) == -(-len(samples) // B) > 1
@@ -104,11 +108,11 @@ def test_epoch_draws_equal_step_by_step_draws(ds_dir, tmp_path):
         assert step.cl_main.tolist() == smp.contrast_sample(users, ratio, rng).tolist()
         meta_users = pointer.next()
         for k, got in enumerate(step.meta_triples):
-            want = smp.meta_triples(meta_users, tr.index[k], tr.cfg["meta_samples"], rng)
+            want = smp.meta_triples(meta_users, draws.index[k], tr.cfg["meta_samples"], rng)
             assert got.pos.tolist() == want.pos.tolist() and got.neg.tolist() == want.neg.tolist()
         assert len(step.meta_triples) == K
         assert step.cl_meta.tolist() == smp.contrast_sample(meta_users, ratio, rng).tolist()
-    assert tr.rng.bit_generator.state == rng.bit_generator.state
+    assert draws.rng.bit_generator.state == rng.bit_generator.state
 
 
 @pytest.mark.parametrize("model", ["cml", "mf"])
@@ -133,6 +137,84 @@ def test_one_transfer_and_one_host_sync_per_epoch(ds_dir, tmp_path, monkeypatch,
     assert tr.steps_per_epoch() > 1
     assert calls == {"to": 1, "tolist": 1, "float": 0}, calls
     assert losses and all(np.isfinite(v) for v in losses.values())
+
+
+class SyncProbe(TorchDispatchMode):
+    """Records the aten calls that make the host wait for a CUDA device: reading a value
+    (``.item()``, ``bool``), data-dependent output shapes (``nonzero``, boolean indexing, ``unique``,
+    ``masked_select``, ``bincount``, ``repeat_interleave`` without ``output_size``), ``equal``.
+    The optimisers' step counters are host tensors on CUDA too (torch's default), so their
+    ``.item()`` inside ``torch/optim`` is not a device sync and is not recorded."""
+
+    SYNC = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_dim", "unique_consecutive",
+            "is_nonzero", "equal", "bincount"}
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.syncs: list[str] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = func._schema.name.split("::")[1]
+        sync = name in self.SYNC
+        if name in ("index", "index_put", "index_put_"):
+            sync = any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in (args[1] or []))
+        if name == "repeat_interleave":  # repeat_interleave.Tensor(repeats, *, output_size)
+            sync = kwargs.get("output_size") is None
+        if sync and not (name == "_local_scalar_dense" and
+                         any("torch/optim/" in f.filename for f in traceback.extract_stack())):
+            self.syncs.append(name)
+        return func(*args, **kwargs)
+
+
+@pytest.mark.parametrize("sampler", ["host", "device"])
+@pytest.mark.parametrize("sets", [(), ("cl_variant=official", "cl_chunk=4"), ("variant=no-meta",),
+                                  ("meta_cl_all_users=false", "meta_bpr_per_behavior=false"),
+                                  ("activation=sigmoid", "norm=none")])
+def test_a_training_step_never_waits_for_the_device(ds_dir, tmp_path, sampler, sets):
+    tr = _trainer(ds_dir, tmp_path, f"sampler={sampler}", *sets)
+    steps = tr.draws.cml_steps()
+    sums: dict = {}
+    for step in steps[:2]:
+        with SyncProbe() as probe:
+            tr._cml_step(step, sums)
+        assert probe.syncs == [], probe.syncs
+    assert set(sums) >= {"total", "bpr", "reg"}
+
+
+def test_the_probe_sees_syncs():
+    x = torch.arange(6)
+    with SyncProbe() as probe:
+        x[x > 2]
+        x.sum().item()
+        torch.unique(x)
+        torch.repeat_interleave(x, x)
+        torch.repeat_interleave(x, x, output_size=15)
+    assert probe.syncs == ["index", "_local_scalar_dense", "_unique2", "repeat_interleave"]
+
+
+def test_device_sampling_syncs_per_epoch_not_per_step(ds_dir, tmp_path):
+    counts = {}
+    for B in (2, 64):
+        tr = _trainer(ds_dir, tmp_path, "sampler=device", f"batch_size={B}")
+        with SyncProbe() as probe:
+            steps = tr.draws.cml_steps()
+        counts[B] = (len(probe.syncs), len(steps))
+    (many, n_many), (few, n_few) = counts[2], counts[64]
+    assert n_many >= 8 * n_few and n_many > 100
+    assert many <= 2 * few + 10 and many < n_many / 3, counts
+
+
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_a_baseline_epoch_syncs_only_to_draw(ds_dir, tmp_path, sampler):
+    from tqdm import tqdm
+
+    tr = _trainer(ds_dir, tmp_path, "model=mf", f"sampler={sampler}")
+    triples = tr.draws.pair_triples()
+    tr.draws.pair_triples = lambda: triples
+    with SyncProbe() as probe, tqdm(disable=True) as bar:
+        tr._pair_epoch(bar)
+    assert tr.steps_per_epoch() > 1 and probe.syncs == [], probe.syncs
 
 
 # ---------------------------------------------------------------- a GPU run on a CPU machine

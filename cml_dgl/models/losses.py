@@ -90,15 +90,13 @@ def contrastive_loss(anchor: Tensor, view: Tensor, *, temperature: float, simila
 
 def _official_negatives(ids: Tensor, chunk_size: int) -> Tensor:
     """Bool (n, n): column j is a negative of anchor i iff j is the first row of its user id and
-    that id does not occur in i's chunk."""
+    that id does not occur in i's chunk. Built from the n x n id comparison only (no ``unique``,
+    no data-dependent shapes), so it does not wait for the device."""
     n = ids.shape[0]
-    rows = torch.arange(n, device=ids.device)
-    _, inv = torch.unique(ids, return_inverse=True)
-    n_ids = int(inv.max()) + 1
-    first_row = torch.full((n_ids,), n, device=ids.device, dtype=torch.long).scatter_reduce(
-        0, inv, rows, reduce="amin")
-    is_first = first_row[inv] == rows
-    chunk = rows // chunk_size
-    in_chunk = torch.zeros(int(chunk[-1]) + 1, n_ids, dtype=torch.bool, device=ids.device)
-    in_chunk[chunk, inv] = True
-    return is_first[None, :] & ~in_chunk[chunk][:, inv]
+    same = ids[:, None] == ids[None, :]
+    is_first = ~same.triu(1).any(0)
+    n_chunks = -(-n // chunk_size)
+    padded = torch.cat([same, same.new_zeros(n_chunks * chunk_size - n, n)])
+    id_in_chunk = padded.view(n_chunks, chunk_size, n).any(1)
+    chunk = torch.arange(n, device=ids.device) // chunk_size
+    return is_first[None, :] & ~id_in_chunk[chunk]

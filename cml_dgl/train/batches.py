@@ -1,9 +1,10 @@
-"""One epoch's sample index arrays, moved to the training device in a single host-to-device copy.
+"""An epoch's samples as device tensors, drawn on the host (:class:`HostDraws`) or on the device
+(:class:`cml_dgl.train.device_sampler.DeviceDraws`); :func:`make_draws` picks one (config ``sampler``).
 
-The samplers (:mod:`cml_dgl.train.sampler`) draw with numpy on the host. Copying each step's
-arrays as the step runs costs one blocking transfer per array and step on a GPU; instead the
-trainer draws the whole epoch first (the draws do not depend on the model, so their order and
-values are unchanged), registers every array with an :class:`IndexPack` and moves the pack once.
+The host samplers (:mod:`cml_dgl.train.sampler`) draw with numpy. Copying each step's arrays as
+the step runs would cost one blocking transfer per array and step on a GPU; instead the whole epoch
+is drawn first (the draws do not depend on the model, so their order and values are those of a
+step-by-step loop), every array is registered with an :class:`IndexPack` and the pack moves once.
 Steps then read device views (slices of one flat tensor): no per-step host round trip. An epoch's
 indices take about (3K + 2) x 8 bytes per target interaction, plus the meta users' triples.
 """
@@ -11,12 +12,18 @@ indices take about (3K + 2) x 8 bytes per target interaction, plus the meta user
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 from torch import Tensor
 
+from cml_dgl.data.dataset import Dataset
+from cml_dgl.errors import CmlError
+from cml_dgl.train import sampler as smp
 from cml_dgl.train.sampler import Triples
+
+SAMPLERS = ("auto", "host", "device")
 
 
 @dataclass
@@ -76,3 +83,93 @@ class CMLStep:
     cl_main: Tensor
     meta_triples: list[DeviceTriples]
     cl_meta: Tensor
+
+
+class Draws(Protocol):
+    """Where an epoch's samples come from; the trainer only sees device tensors."""
+
+    def cml_steps(self) -> list[CMLStep]: ...
+
+    def pair_triples(self) -> DeviceTriples: ...
+
+    def state(self) -> dict[str, Any]: ...
+
+    def load_state(self, state: dict[str, Any]) -> bool:
+        """Restore the stream from a checkpoint's entries; False where they are not this
+        sampler's (another sampler, or a generator of another device type)."""
+
+    def reseed(self, seed: int) -> None: ...
+
+
+class HostDraws:
+    """numpy draws on the host (the reference stream: same seed, same samples on every machine),
+    one host-to-device copy per epoch."""
+
+    def __init__(self, ds: Dataset, index: list[smp.EdgeIndex], cfg: dict[str, Any], device: torch.device,
+                 seed: int, meta_pointer: smp.MetaPointer | None = None, with_meta: bool = False) -> None:
+        self.ds, self.index, self.cfg, self.device = ds, index, cfg, device
+        self.meta_pointer, self.with_meta = meta_pointer, with_meta
+        self.rng = np.random.default_rng(seed)
+
+    def state(self) -> dict[str, Any]:
+        return {"numpy_rng": self.rng.bit_generator.state}
+
+    def load_state(self, state: dict[str, Any]) -> bool:
+        if "numpy_rng" not in state:
+            return False
+        self.rng.bit_generator.state = state["numpy_rng"]
+        return True
+
+    def reseed(self, seed: int) -> None:
+        self.rng = np.random.default_rng(seed)
+
+    def cml_steps(self) -> list[CMLStep]:
+        """Every draw of the epoch's steps, in the order the steps consumed them one by one (none
+        depends on the model), moved to the device in one copy."""
+        cfg, K = self.cfg, self.ds.n_behaviors
+        samples = smp.cml_epoch_samples(self.ds, self.index, self.rng)
+        B, ratio = cfg["batch_size"], cfg["cl_sample_ratio"]
+        meta_k = [k if cfg["meta_bpr_per_behavior"] else K - 1 for k in range(K)]
+        pack, plan = IndexPack(), []
+        for start in range(0, len(samples), B):
+            batch_users = samples.users[start:start + B]
+            triples = [pack.add_triples(t) for t in samples.batch(start, start + B)]
+            s1 = pack.add(smp.contrast_sample(batch_users, ratio, self.rng))
+            s3 = pack.add(smp.contrast_sample(batch_users, ratio, self.rng))
+            meta_triples, s2 = [], pack.add(batch_users[:0])
+            if self.with_meta:
+                meta_users = self.meta_pointer.next()
+                meta_triples = [pack.add_triples(smp.meta_triples(meta_users, self.index[k], cfg["meta_samples"],
+                                                                  self.rng)) for k in meta_k]
+                s2 = pack.add(meta_users if cfg["meta_cl_all_users"] else
+                              smp.contrast_sample(meta_users, ratio, self.rng))
+            plan.append((triples, s1, s3, meta_triples, s2))
+        dev = pack.to(self.device)
+        return [CMLStep([dev.triples(h) for h in tr], dev.get(s1), dev.get(s3), [dev.triples(h) for h in mt],
+                        dev.get(s2)) for tr, s1, s3, mt, s2 in plan]
+
+    def pair_triples(self) -> DeviceTriples:
+        pack = IndexPack()
+        handles = pack.add_triples(smp.pair_epoch_samples(self.index[0], self.rng))
+        return pack.to(self.device).triples(handles)
+
+
+def resolve_sampler(name: str, device: torch.device) -> str:
+    """``auto``: on the device where it is a GPU, else the host (numpy) stream."""
+    if name not in SAMPLERS:
+        raise CmlError(f"unknown sampler {name!r}; expected one of {list(SAMPLERS)}")
+    if name == "auto":
+        return "device" if device.type == "cuda" else "host"
+    return name
+
+
+def make_draws(name: str, ds: Dataset, index: list[smp.EdgeIndex], cfg: dict[str, Any], device: torch.device,
+               seed: int, meta_pointer: smp.MetaPointer | None = None, with_meta: bool = False) -> Draws:
+    """The draws of config ``sampler`` (auto | host | device). ``index`` holds one edge index per
+    behavior for CML, or the single training-edge index of a BPR baseline."""
+    if resolve_sampler(name, device) == "host":
+        return HostDraws(ds, index, cfg, device, seed, meta_pointer, with_meta)
+    from cml_dgl.train.device_sampler import DeviceDraws
+
+    target = ds.edges(ds.n_behaviors - 1)
+    return DeviceDraws(index, target, cfg, device, seed, meta_pointer, with_meta)

@@ -21,6 +21,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "variant": ("full", "no-cl", "no-meta", "no-mke"),
     "backend": ("auto", "dgl", "torch"),
     "device": ("auto", "cpu", "cuda"),
+    "sampler": ("auto", "host", "device"),
     "activation": ("prelu", "sigmoid"),
     "norm": ("sym", "none"),
     "meta_optimizer": ("adamw", "sgd"),

@@ -44,7 +44,7 @@ from cml_dgl.eval.evaluate import evaluate_sampled
 from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from cml_dgl.train import faults
 from cml_dgl.train import sampler as smp
-from cml_dgl.train.batches import CMLStep, DeviceTriples, IndexPack
+from cml_dgl.train.batches import CMLStep, DeviceTriples, Draws, make_draws, resolve_sampler
 from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
 from cml_dgl.train.config import dump
 from cml_dgl.train.distributed import DistContext, data_parallel
@@ -87,20 +87,28 @@ class Trainer:
                            "train with --monitor test (the paper's protocol) or re-run preprocess")
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg["device"])
         torch.manual_seed(cfg["seed"])
-        self.rng = np.random.default_rng(cfg["seed"])
         self.model, self.meta = build_model(ds, cfg, self.device)
         self.is_cml = cfg["model"] == "cml"
         self.trainable = any(p.requires_grad for p in self.model.parameters())
+        self.sampler = resolve_sampler(cfg["sampler"], self.device)
+        self.meta_pointer: smp.MetaPointer | None = None
+        self.draws: Draws | None = None
+        self.n_train_samples = 0
         if self.is_cml:
-            self.index = smp.edge_indices(ds)
+            index = smp.edge_indices(ds)
             meta_users = ds.meta_users if (cfg["meta_users"] == "auto" and ds.meta_users is not None) \
                 else smp.default_meta_users(ds, np.random.default_rng(cfg["seed"] + 1))
             self.meta_pointer = smp.MetaPointer(np.asarray(meta_users, dtype=np.int64), cfg["meta_batch"])
+            self.n_train_samples = len(ds.edges(ds.n_behaviors - 1)[0])
         elif self.trainable:
             from cml_dgl.models.baselines import bpr_edges
 
             u, i = bpr_edges(cfg["model"], ds)
-            self.pair_index = smp.EdgeIndex(u, i, ds.n_users, ds.n_items)
+            index = [smp.EdgeIndex(u, i, ds.n_users, ds.n_items)]
+            self.n_train_samples = len(index[0].indices)
+        if self.is_cml or self.trainable:
+            self.draws = make_draws(self.sampler, ds, index, cfg, self.device, cfg["seed"],
+                                    self.meta_pointer, with_meta=self.meta is not None)
         self.opt = self.sched = self.meta_opt = self.meta_sched = None
         if self.trainable:
             self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["opt_base_lr"],
@@ -194,30 +202,6 @@ class Trainer:
         self.timings[name] = self.timings.get(name, 0.0) + now - t0
         return now
 
-    def _draw_cml_steps(self, samples: smp.EpochSamples) -> list[CMLStep]:
-        """Every draw of the epoch's steps, in the order the steps consumed them one by one (none
-        depends on the model), moved to the device in one copy."""
-        cfg, K = self.cfg, self.ds.n_behaviors
-        B, ratio = cfg["batch_size"], cfg["cl_sample_ratio"]
-        meta_k = [k if cfg["meta_bpr_per_behavior"] else K - 1 for k in range(K)]
-        pack, plan = IndexPack(), []
-        for start in range(0, len(samples), B):
-            batch_users = samples.users[start:start + B]
-            triples = [pack.add_triples(t) for t in samples.batch(start, start + B)]
-            s1 = pack.add(smp.contrast_sample(batch_users, ratio, self.rng))
-            s3 = pack.add(smp.contrast_sample(batch_users, ratio, self.rng))
-            meta_triples, s2 = [], pack.add(batch_users[:0])
-            if self.meta is not None:
-                meta_users = self.meta_pointer.next()
-                meta_triples = [pack.add_triples(smp.meta_triples(meta_users, self.index[k], cfg["meta_samples"],
-                                                                  self.rng)) for k in meta_k]
-                s2 = pack.add(meta_users if cfg["meta_cl_all_users"] else
-                              smp.contrast_sample(meta_users, ratio, self.rng))
-            plan.append((triples, s1, s3, meta_triples, s2))
-        dev = pack.to(self.device)
-        return [CMLStep([dev.triples(h) for h in tr], dev.get(s1), dev.get(s3), [dev.triples(h) for h in mt],
-                        dev.get(s2)) for tr, s1, s3, mt, s2 in plan]
-
     def _epoch_means(self, sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float]:
         """Per-step means of the summed logs, summed over the ranks: one host sync per epoch."""
         if not sums:
@@ -233,61 +217,62 @@ class Trainer:
     def _cml_epoch(self, bar) -> dict[str, float]:
         cfg = self.cfg
         t = time.perf_counter()
-        samples = smp.cml_epoch_samples(self.ds, self.index, self.rng)
         if cfg["meta_pointer_reset"]:
             self.meta_pointer.pos = 0
-        steps = self._draw_cml_steps(samples)
+        steps = self.draws.cml_steps()
         t = self._tick("sampling", t)
         sums: dict[str, torch.Tensor] = {}
-        n_steps = 0
         half = max(1, len(steps) // 2)
-        use_meta = self.meta is not None
-        for step in steps:
-            t = time.perf_counter()
-            if use_meta:
-                self.meta.train()
-                clone = self.model.clone()
-                clone_opt = torch.optim.AdamW(clone.parameters(), lr=cfg["lr_clone"],
-                                              weight_decay=cfg["opt_weight_decay"])
-                obj, _ = self._objective(clone(item_behavior=False), step.triples, step.cl_clone, "grad")
-                self.meta_opt.zero_grad(set_to_none=True)
-                obj.backward()
-                self.dist.all_reduce_grads(list(clone.parameters()) + list(self.meta.parameters()))
-                if cfg["grad_clip"] > 0:
-                    nn.utils.clip_grad_norm_(self.meta.parameters(), cfg["grad_clip"])
-                self._clip_step(clone_opt, list(clone.parameters()))
-                self.meta_opt.step()
-                t = self._tick("phase1_clone", t)
-                meta_obj, _ = self._objective(clone(item_behavior=False), step.meta_triples, step.cl_meta, "grad")
-                self.meta_opt.zero_grad(set_to_none=True)
-                (0.5 * meta_obj).backward()
-                self.dist.all_reduce_grads(self.meta.parameters())
-                self._clip_step(self.meta_opt, list(self.meta.parameters()))
-                self._accumulate(sums, "meta", meta_obj.detach().double())
-                del clone, clone_opt
-                t = self._tick("phase2_meta", t)
-            obj, logs = self._objective(self.main_forward(item_behavior=False), step.triples, step.cl_main,
-                                        "nograd" if use_meta else "none")
-            self.opt.zero_grad(set_to_none=True)
-            obj.backward()
-            self._clip_step(self.opt, list(self.model.parameters()))
-            self._tick("phase3_main", t)
-            self._accumulate(sums, "total", obj.detach().double())
-            for key, v in logs.items():
-                self._accumulate(sums, key, v)
-            n_steps += 1
+        for n_steps, step in enumerate(steps, start=1):
+            self._cml_step(step, sums)
             bar.update(1)
             if n_steps == half:
                 faults.pause_point("train", self.state.epoch + 1)
-        return self._epoch_means(sums, n_steps)
+        return self._epoch_means(sums, len(steps))
+
+    def _cml_step(self, step: CMLStep, sums: dict[str, torch.Tensor]) -> None:
+        """The three phases of one step (paper Alg. 1); adds the step's logged losses to ``sums``
+        as device tensors (no host sync)."""
+        cfg = self.cfg
+        t = time.perf_counter()
+        use_meta = self.meta is not None
+        if use_meta:
+            self.meta.train()
+            clone = self.model.clone()
+            clone_opt = torch.optim.AdamW(clone.parameters(), lr=cfg["lr_clone"],
+                                          weight_decay=cfg["opt_weight_decay"])
+            obj, _ = self._objective(clone(item_behavior=False), step.triples, step.cl_clone, "grad")
+            self.meta_opt.zero_grad(set_to_none=True)
+            obj.backward()
+            self.dist.all_reduce_grads(list(clone.parameters()) + list(self.meta.parameters()))
+            if cfg["grad_clip"] > 0:
+                nn.utils.clip_grad_norm_(self.meta.parameters(), cfg["grad_clip"])
+            self._clip_step(clone_opt, list(clone.parameters()))
+            self.meta_opt.step()
+            t = self._tick("phase1_clone", t)
+            meta_obj, _ = self._objective(clone(item_behavior=False), step.meta_triples, step.cl_meta, "grad")
+            self.meta_opt.zero_grad(set_to_none=True)
+            (0.5 * meta_obj).backward()
+            self.dist.all_reduce_grads(self.meta.parameters())
+            self._clip_step(self.meta_opt, list(self.meta.parameters()))
+            self._accumulate(sums, "meta", meta_obj.detach().double())
+            del clone, clone_opt
+            t = self._tick("phase2_meta", t)
+        obj, logs = self._objective(self.main_forward(item_behavior=False), step.triples, step.cl_main,
+                                    "nograd" if use_meta else "none")
+        self.opt.zero_grad(set_to_none=True)
+        obj.backward()
+        self._clip_step(self.opt, list(self.model.parameters()))
+        self._tick("phase3_main", t)
+        self._accumulate(sums, "total", obj.detach().double())
+        for key, v in logs.items():
+            self._accumulate(sums, key, v)
 
     def _pair_epoch(self, bar) -> dict[str, float]:
         """MF / LightGCN: mean BPR per batch. Distributed, rank r takes rows j ≡ r (mod W) of the
         batch and scales its mean by n_r / n, so the ranks' gradients sum to the batch's."""
         t = time.perf_counter()
-        pack = IndexPack()
-        handles = pack.add_triples(smp.pair_epoch_samples(self.pair_index, self.rng))
-        trip = pack.to(self.device).triples(handles)
+        trip = self.draws.pair_triples()
         t = self._tick("sampling", t)
         B, n = self.cfg["batch_size"], 0
         sums: dict[str, torch.Tensor] = {}
@@ -316,13 +301,7 @@ class Trainer:
         return self._epoch_means(sums, n)
 
     def steps_per_epoch(self) -> int:
-        if self.is_cml:
-            n = len(self.ds.edges(self.ds.n_behaviors - 1)[0])
-        elif self.trainable:
-            n = len(self.pair_index.indices)
-        else:
-            return 0
-        return -(-n // self.cfg["batch_size"])
+        return -(-self.n_train_samples // self.cfg["batch_size"])
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -352,13 +331,17 @@ class Trainer:
             obj = getattr(self, name)
             if obj is not None:
                 st[name] = obj.state_dict()
+        if self.draws is not None:
+            st.update({k: v for k, v in self.draws.state().items() if isinstance(v, torch.Tensor)})
         return st
 
     def _info(self) -> dict[str, Any]:
         s = self.state
         return {"epoch": s.epoch, "best_epoch": s.best_epoch, "best_value": s.best_value,
                 "wait": s.wait, "meta_pos": self.meta_pointer.pos if self.is_cml else 0,
-                "numpy_rng": self.rng.bit_generator.state, "config": self.cfg,
+                **({k: v for k, v in self.draws.state().items() if not isinstance(v, torch.Tensor)}
+                   if self.draws is not None else {}),
+                "config": self.cfg,
                 "id_map_checksum": self.ds.id_map_checksum(), "model": self.cfg["model"],
                 "n_users": self.ds.n_users, "n_items": self.ds.n_items,
                 "behaviors": self.ds.behaviors}
@@ -414,7 +397,11 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        self.rng.bit_generator.state = info["numpy_rng"]
+        if self.draws is not None and not self.draws.load_state({**info, **state}):
+            self.draws.reseed(self.cfg["seed"] + 1_000_003 * (info["epoch"] + 1))
+            print(f"warning: {self.run_dir}: the checkpoint's sampler state does not fit the "
+                  f"{self.sampler} sampler on {self.device.type} (trained with another sampler or device); "
+                  "its sample stream restarts from the seed and the epoch", file=sys.stderr, flush=True)
         s = self.state
         s.epoch, s.best_epoch, s.best_value, s.wait = (info["epoch"], info["best_epoch"],
                                                        info["best_value"], info["wait"])
@@ -476,6 +463,7 @@ class Trainer:
             "id_map_checksum": self.ds.id_map_checksum(),
             "test_selected": self.cfg["monitor"] == "test",
             "device": str(self.device),
+            "sampler": self.sampler,
             "torch": torch.__version__,
         })
 
