@@ -1,20 +1,36 @@
-"""A published CML benchmark split (weiwei1206/CML; HKUDS/SSLRec ``datasets/multi_behavior``).
+"""A published CML benchmark split, in the authors' layout or in SSLRec's.
 
-The folder holds, all pickled and read only through :mod:`cml_dgl.data.safe_pickle`:
+Two layouts of the same splits are read, all pickled and only through :mod:`cml_dgl.data.safe_pickle`:
 
-- ``trn_<behavior>``: a scipy.sparse users x items matrix per behavior; a non-zero entry is an
+- the authors' (weiwei1206/CML): ``trn_<behavior>`` training matrices and ``tst_int``;
+- SSLRec's (HKUDS/SSLRec ``datasets/multi_behavior/<name>/``, read by its
+  ``data_utils/data_handler_multi_behavior.py``): ``train_mat_<behavior>.pkl`` training matrices
+  (the authors' ``trn_`` matrices dumped again under that name) and ``test_mat.pkl``. The folder may
+  also hold HMGCR's meta-path matrices ``train_mat_<b1>_<b2>[_...].pkl`` (e.g.
+  ``train_mat_view_cart_buy.pkl``), unions of behaviors; they are not behaviors and are ignored.
+
+The files:
+
+- training matrices: a scipy.sparse users x items matrix per behavior; a non-zero entry is an
   interaction and its value the time of it (unix seconds, or MMDD for IJCAI);
-- ``tst_int``: a list (or 1-d array) of length <= users; entry u is None or u's held-out test item
-  (or, where ``tst_int`` is absent, SSLRec's ``test_mat.pkl``: a users x items sparse matrix with
-  at most one non-zero per user, built from ``tst_int``);
-- ``meta_multi_single_beh_user_index_shuffle`` (optional): an integer array of "meta" users.
+- ``tst_int``: a list (or 1-d array) of length <= users; entry u is None or u's held-out test item;
+- ``test_mat.pkl``: the same test items as a users x items sparse matrix (SSLRec writes a
+  ``coo_matrix`` of ones built from ``tst_int``), at most one non-zero per user;
+- ``meta_multi_single_beh_user_index_shuffle`` (optional, both layouts): an integer array of "meta"
+  users.
+
+Either test file may go with either layout. A folder holding both training layouts (SSLRec's own
+folders ship the ``trn_`` files next to their ``train_mat_`` copies) is read only when the two hold
+the same behaviors and every ``trn_<b>`` equals ``train_mat_<b>.pkl`` (shape, entries, times);
+likewise ``tst_int`` and ``test_mat.pkl`` must hold the same test pairs when both are present.
+Anything else is an error naming the files that disagree.
 
 The split is kept exactly as published: benchmark ids are the internal ids (``user_ids[u] == u``),
-every training entry is a training edge, the test items are those of ``tst_int``. The number of
-users and items is the largest matrix shape (and ``len(tst_int)``). The behavior order comes from
-``--behaviors`` or, when the ``trn_*`` files match a published dataset, from that dataset
-(Tmall: pv,fav,cart,buy; IJCAI_15: click,fav,cart,buy; Retailrocket: view,cart,buy; JD:
-review,browse,buy).
+every training entry is a training edge, the test items are the published ones. The number of users
+and items is the largest matrix shape. The behavior order comes from ``--behaviors`` or, when the
+behavior files match a published dataset, from that dataset, the target (purchase) last, as in both
+the authors' code and SSLRec (Tmall: pv,fav,cart,buy; IJCAI_15: click,fav,cart,buy; Retailrocket:
+view,cart,buy; JD: review,browse,buy).
 """
 
 from __future__ import annotations
@@ -41,6 +57,34 @@ KNOWN_ORDERS: tuple[tuple[str, ...], ...] = (
 )
 
 
+@dataclass(frozen=True)
+class Layout:
+    """How one layout names its per-behavior training matrices and its test file."""
+
+    name: str
+    prefix: str
+    suffix: str
+    test_file: str
+
+    def file(self, behavior: str) -> str:
+        return f"{self.prefix}{behavior}{self.suffix}"
+
+    @property
+    def pattern(self) -> str:
+        return self.file("<behavior>")
+
+    def names(self, folder: Path) -> list[str]:
+        """Behavior names of the files matching this layout, sorted (meta paths included)."""
+        cut = len(self.prefix), len(self.suffix)
+        return sorted(p.name[cut[0]:len(p.name) - cut[1]] for p in folder.iterdir()
+                      if p.name.startswith(self.prefix) and p.name.endswith(self.suffix)
+                      and len(p.name) > sum(cut) and p.is_file())
+
+
+AUTHORS = Layout("the authors'", "trn_", "", TEST_FILE)
+SSLREC = Layout("SSLRec's", "train_mat_", ".pkl", TEST_MATRIX_FILE)
+
+
 @dataclass
 class PublishedSplit:
     """Training edges (unique, sorted by behavior, user, item), test pairs and meta users."""
@@ -56,28 +100,64 @@ class PublishedSplit:
     meta_users: np.ndarray | None
 
 
-def _behavior_order(folder: Path, behaviors: Sequence[str] | None) -> list[str]:
-    found = sorted(p.name[4:] for p in folder.glob("trn_*") if p.is_file())
-    if behaviors:
-        missing = [b for b in behaviors if b not in found]
-        if missing:
-            raise CmlError(f"{folder}: no file trn_{missing[0]} for behavior {missing[0]!r} "
-                           f"(found trn_ files for: {', '.join(found) or 'none'})")
-        return list(behaviors)
-    if not found:
-        raise CmlError(f"{folder}: no trn_<behavior> files (expected a published CML split folder "
-                       "holding trn_<behavior> matrices and tst_int)")
+def _drop_meta_paths(names: list[str]) -> list[str]:
+    """Leave out SSLRec's meta-path matrices: names joining two or more behavior names with ``_``.
+
+    A behavior name here is one of the folder's names without ``_`` or a published one, so the
+    meta paths go even where a behavior file is missing (``view_buy`` without ``buy``).
+    """
+    vocabulary = {n for n in names if "_" not in n} | {b for order in KNOWN_ORDERS for b in order}
+    return [n for n in names
+            if not (len(parts := n.split("_")) > 1 and all(p in vocabulary for p in parts))]
+
+
+def _known_order(folder: Path, found: list[str], layout: Layout) -> list[str]:
     for order in KNOWN_ORDERS:
         if set(order) == set(found):
             return list(order)
+    partial = [order for order in KNOWN_ORDERS if set(found) < set(order)]
+    if partial:
+        lacking = " or ".join(", ".join(layout.file(b) for b in order if b not in found) for order in partial)
+        raise CmlError(f"{folder}: no {lacking} (the {layout.pattern} files cover only {', '.join(found)}: "
+                       "an incomplete published split); pass --behaviors a,b,...,target to use only these")
     raise CmlError(f"{folder}: cannot tell the order of behaviors {', '.join(found)}; "
                    "pass --behaviors a,b,...,target with the target (purchase) last")
 
 
-def _test_from_matrix(path: Path, n_users: int, n_items: int) -> np.ndarray:
+def _layouts(folder: Path, behaviors: Sequence[str] | None) -> tuple[list[str], list[Layout]]:
+    """The behavior order and the layouts (one, or both when the folder holds both) to read."""
+    found = {AUTHORS: AUTHORS.names(folder), SSLREC: SSLREC.names(folder)}
+    proper = {AUTHORS: found[AUTHORS], SSLREC: _drop_meta_paths(found[SSLREC])}
+    asked = set(behaviors or ())
+    present = [lay for lay in (AUTHORS, SSLREC) if proper[lay] or asked & set(found[lay])]
+    if not present:
+        stray = sorted(p.name for p in folder.glob(f"{SSLREC.prefix}*")
+                       if p.is_file() and not p.name.endswith(SSLREC.suffix))
+        hint = (f"; {stray[0]} lacks the .pkl suffix that SSLRec's loader reads" if stray else "")
+        raise CmlError(f"{folder}: no {AUTHORS.pattern} files (the authors' layout, with {TEST_FILE}) "
+                       f"or {SSLREC.pattern} files (SSLRec's layout, with {TEST_MATRIX_FILE}){hint}")
+    both = len(present) == 2
+    if behaviors:
+        for lay in present:
+            missing = [b for b in behaviors if b not in found[lay]]
+            if missing:
+                mixed = (f"; the folder also holds {(SSLREC if lay is AUTHORS else AUTHORS).pattern} "
+                         "files, and a folder mixing both layouts needs every behavior in each"
+                         if both else "")
+                raise CmlError(f"{folder}: no file {lay.file(missing[0])} for behavior {missing[0]!r} "
+                               f"(found {lay.prefix} files for: {', '.join(found[lay])}){mixed}")
+        return list(behaviors), present
+    if both and set(proper[AUTHORS]) != set(proper[SSLREC]):
+        raise CmlError(f"{folder}: mixes the authors' layout ({AUTHORS.prefix} files for: "
+                       f"{', '.join(proper[AUTHORS])}) and SSLRec's ({SSLREC.pattern} files for: "
+                       f"{', '.join(proper[SSLREC])}) with different behaviors; keep one layout's files")
+    return _known_order(folder, proper[present[0]], present[0]), present
+
+
+def _test_from_matrix(path: Path, n_users: int, n_items: int, mats: str) -> np.ndarray:
     shape, rows, cols, _ = _matrix(path)
     if shape[0] > n_users or shape[1] > n_items:
-        raise CmlError(f"{path}: shape {shape} exceeds the trn_ matrices' ({n_users}, {n_items})")
+        raise CmlError(f"{path}: shape {shape} exceeds the {mats}' ({n_users}, {n_items})")
     order = np.argsort(rows, kind="stable")
     rows, cols = rows[order], cols[order]
     dup = np.flatnonzero(rows[1:] == rows[:-1])
@@ -88,7 +168,10 @@ def _test_from_matrix(path: Path, n_users: int, n_items: int) -> np.ndarray:
     return np.stack([rows.astype(np.int64), cols.astype(np.int64)], axis=1)
 
 
-def _matrix(path: Path) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]:
+Entries = tuple[tuple[int, int], np.ndarray, np.ndarray, np.ndarray]
+
+
+def _matrix(path: Path) -> Entries:
     """(shape, rows, cols, times) of the non-zero entries of a pickled sparse matrix."""
     import scipy.sparse as sp
 
@@ -117,7 +200,27 @@ def _matrix(path: Path) -> tuple[tuple[int, int], np.ndarray, np.ndarray, np.nda
     return (int(coo.shape[0]), int(coo.shape[1])), rows[nz], cols[nz], data[nz].astype(np.int64)
 
 
-def _test_items(path: Path, n_users: int, n_items: int) -> np.ndarray:
+def _same_matrix(folder: Path, a: Path, ma: Entries, b: Path, mb: Entries) -> None:
+    """Refuse a mixed folder whose two copies of one behavior differ; say where."""
+    def sorted_entries(m: Entries) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        order = np.lexsort((m[3], m[2], m[1]))
+        return m[1][order], m[2][order], m[3][order]
+
+    if ma[0] != mb[0]:
+        how = f"shapes {ma[0]} and {mb[0]}"
+    elif len(ma[1]) != len(mb[1]):
+        how = f"{len(ma[1])} and {len(mb[1])} non-zero entries"
+    else:
+        (ra, ca, ta), (rb, cb, tb) = sorted_entries(ma), sorted_entries(mb)
+        diff = np.flatnonzero((ra != rb) | (ca != cb) | (ta != tb))
+        if not diff.size:
+            return
+        how = f"first difference at user {ra[diff[0]]}, item {ca[diff[0]]}"
+    raise CmlError(f"{folder}: mixes the authors' and SSLRec's layouts, and {a.name} and {b.name} hold "
+                   f"different matrices ({how}); keep one layout's files")
+
+
+def _test_items(path: Path, n_users: int, n_items: int, mats: str) -> np.ndarray:
     obj = safe_pickle.restricted_load(path)
     if isinstance(obj, np.ndarray) and obj.ndim == 1:
         arr = obj.astype(object) if obj.dtype.kind in "iu" else obj
@@ -136,14 +239,39 @@ def _test_items(path: Path, n_users: int, n_items: int) -> np.ndarray:
     users = np.flatnonzero(ok_int)
     items = arr[users].astype(np.int64)
     if len(arr) > n_users:
-        raise CmlError(f"{path}: {len(arr)} entries, but the trn_ matrices have {n_users} users")
+        raise CmlError(f"{path}: {len(arr)} entries, but the {mats} have {n_users} users")
     out = np.flatnonzero((items < 0) | (items >= n_items))
     if out.size:
         raise CmlError(f"{path}: entry {users[out[0]]}: item {items[out[0]]} is outside the "
-                       f"trn_ matrices' {n_items} items")
+                       f"{mats}' {n_items} items")
     if users.size == 0:
         raise CmlError(f"{path}: no test items (every entry is None)")
     return np.stack([users.astype(np.int64), items], axis=1)
+
+
+def _test_pairs(folder: Path, layout: Layout, n_users: int, n_items: int) -> np.ndarray:
+    """Test pairs from ``tst_int`` and/or ``test_mat.pkl``; both present must agree."""
+    mats = f"{layout.prefix} matrices"
+    found = []
+    if (folder / TEST_FILE).exists():
+        found.append((TEST_FILE, _test_items(folder / TEST_FILE, n_users, n_items, mats)))
+    if (folder / TEST_MATRIX_FILE).exists():
+        found.append((TEST_MATRIX_FILE, _test_from_matrix(folder / TEST_MATRIX_FILE, n_users, n_items, mats)))
+    if not found:
+        other = TEST_MATRIX_FILE if layout.test_file == TEST_FILE else TEST_FILE
+        raise CmlError(f"{folder / layout.test_file}: no such file ({layout.name} layout holds its test "
+                       f"items there, or in {other})")
+    if len(found) == 2:
+        (a, ta), (b, tb) = found
+        if ta.shape != tb.shape:
+            raise CmlError(f"{folder}: {a} and {b} hold different test items ({len(ta)} and {len(tb)} "
+                           "test users); keep one of them")
+        diff = np.flatnonzero((ta != tb).any(axis=1))
+        if diff.size:
+            (ua, ia), (ub, ib) = ta[diff[0]], tb[diff[0]]
+            raise CmlError(f"{folder}: {a} and {b} hold different test items (first difference: "
+                           f"user {ua} item {ia} in {a}, user {ub} item {ib} in {b}); keep one of them")
+    return found[0][1]
 
 
 def _meta_users(path: Path, n_users: int) -> np.ndarray | None:
@@ -163,24 +291,24 @@ def _meta_users(path: Path, n_users: int) -> np.ndarray | None:
 
 
 def read(folder: str | os.PathLike, behaviors: Sequence[str] | None = None) -> PublishedSplit:
-    """Load a published split folder (rules in the module docstring)."""
+    """Load a published split folder in either layout (rules in the module docstring)."""
     d = Path(folder)
     if not d.exists():
         raise CmlError(f"{d}: no such folder")
     if not d.is_dir():
-        raise CmlError(f"{d}: expected a folder holding trn_<behavior> files and {TEST_FILE}, got a file")
-    order = _behavior_order(d, behaviors)
-    mats = [_matrix(d / f"trn_{b}") for b in order]
+        raise CmlError(f"{d}: expected a folder holding {AUTHORS.pattern} files and {TEST_FILE} "
+                       f"(or SSLRec's {SSLREC.pattern} files and {TEST_MATRIX_FILE}), got a file")
+    order, layouts = _layouts(d, behaviors)
+    mats = []
+    for b in order:
+        first, *rest = layouts
+        m = _matrix(d / first.file(b))
+        for other in rest:
+            _same_matrix(d, d / first.file(b), m, d / other.file(b), _matrix(d / other.file(b)))
+        mats.append(m)
     n_users = max(m[0][0] for m in mats)
     n_items = max(m[0][1] for m in mats)
-    test_path = d / TEST_FILE
-    if test_path.exists():
-        test = _test_items(test_path, n_users, n_items)
-    elif (d / TEST_MATRIX_FILE).exists():
-        test = _test_from_matrix(d / TEST_MATRIX_FILE, n_users, n_items)
-    else:
-        raise CmlError(f"{test_path}: no such file (a published split holds its test items there, "
-                       f"or in {TEST_MATRIX_FILE})")
+    test = _test_pairs(d, layouts[0], n_users, n_items)
     user = np.concatenate([m[1] for m in mats])
     item = np.concatenate([m[2] for m in mats])
     time = np.concatenate([m[3] for m in mats])
