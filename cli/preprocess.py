@@ -20,8 +20,9 @@ _SOURCES_HELP = """SOURCE is one of:
   taobao (alias tmall)  UserBehavior.csv, no header; behaviors pv,fav,cart,buy
   ijcai15               user_log_format1.csv (columns by name); click,fav,cart,buy
   retailrocket          events.csv; view,cart,buy (times stored in seconds)
-  cml-pickle            a published split folder (trn_<behavior>, tst_int, meta file),
-                        kept as published
+  cml-pickle            a published split folder, kept as published: the authors' layout
+                        (trn_<behavior>, tst_int) or SSLRec's (train_mat_<behavior>.pkl,
+                        test_mat.pkl), plus the optional meta-user file
   csv                   a CSV with header user,item,behavior,timestamp; needs --behaviors
 
 Duplicate (user, item, behavior) events become one edge with the earliest time. Each user's
@@ -48,7 +49,7 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Dataset folder to write (written to a temporary sibling, then renamed).")
 @click.option("--behaviors", callback=_behaviors, default=None,
               help="Behavior names in order, target last, e.g. view,cart,buy. Required for csv; "
-                   "for cml-pickle it names the trn_<behavior> files when their order is not known.")
+                   "for cml-pickle it names the trn_<behavior> / train_mat_<behavior>.pkl files when their order is not known.")
 @click.option("--min-purchases", type=click.IntRange(min=0), default=None,
               help="Keep users with at least this many distinct purchased items "
                    "[default: 3 for taobao/ijcai15, 2 for retailrocket/csv; not for cml-pickle].")

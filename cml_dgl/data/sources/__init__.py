@@ -34,7 +34,7 @@ SOURCES: dict[str, Source] = {
     "taobao": Source("taobao", taobao.BEHAVIORS, 3, "Taobao UserBehavior.csv (no header)"),
     "ijcai15": Source("ijcai15", ijcai15.BEHAVIORS, 3, "IJCAI-15 user_log_format1.csv (header)"),
     "retailrocket": Source("retailrocket", retailrocket.BEHAVIORS, 2, "Retailrocket events.csv"),
-    "cml-pickle": Source("cml-pickle", None, None, "a published CML split folder (trn_*, tst_int)"),
+    "cml-pickle": Source("cml-pickle", None, None, "a published CML split folder (trn_* + tst_int, or SSLRec's train_mat_*.pkl + test_mat.pkl)"),
     "csv": Source("csv", None, 2, "a user,item,behavior,timestamp CSV with a header; --behaviors"),
 }
 ALIASES: dict[str, str] = {"tmall": "taobao"}
