@@ -184,3 +184,38 @@ def test_every_flipped_or_truncated_checkpoint_byte_is_refused_or_harmless(tmp_p
         with pytest.raises(CmlError):
             load_checkpoint(tmp_path / "x.pt")
     assert refused > len(raw) // 6, (refused, harmless)
+
+
+def test_damaged_best_checkpoint_is_reported_at_resume_not_at_the_end(ds_dir, tmp_path):
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", str(ds_dir), "-o", str(run), "--epochs", "2", *FAST])
+    assert res.exit_code == 0, res.output
+    best = run / "checkpoints" / "best.pt"
+    best_before = json.loads((run / "summary.json").read_text())["best_epoch"]
+    best.write_bytes(best.read_bytes()[:-40] + b"\0" * 40)
+    res = resume(run, "--epochs", "4")
+    assert res.exit_code == 0, res.output
+    assert "best.pt" in res.stderr and "renamed it best.corrupt.pt" in res.stderr
+    assert (run / "checkpoints" / "best.corrupt.pt").is_file()
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["epochs_run"] == 4
+    if summary["best_epoch"] > 2:  # a later epoch did better: best.pt is whole again
+        assert load_checkpoint(best)[1]["epoch"] == summary["best_epoch"]
+        assert set(summary["test_at_best"]) >= {"hr@10", "ndcg@10"}
+    else:  # the best epoch's weights are gone: no test score pretends to be theirs
+        assert summary["best_epoch"] == best_before and not best.exists()
+        assert summary["test_at_best"] is None and "no test score at the best epoch" in summary["warning"]
+
+
+def test_a_best_checkpoint_of_another_epoch_is_not_scored_as_the_best(ds_dir, tmp_path):
+    run = tmp_path / "run"
+    res = CliRunner().invoke(cli, ["train", str(ds_dir), "-o", str(run), "--epochs", "2", *FAST])
+    assert res.exit_code == 0, res.output
+    state, info = load_checkpoint(run / "checkpoints" / "best.pt")
+    save_checkpoint(run / "checkpoints" / "best.pt", state, {**info, "epoch": info["epoch"] + 7})
+    cfg = config_mod.resolve(overrides=["epochs=2", "backend=torch", "n_layers=1", "batch_size=32",
+                                        "meta_batch=8", "meta_samples=4"])
+    tr = Trainer(load_dataset(ds_dir), cfg, run, quiet=True)
+    tr.prepare_run_dir(resume=True)
+    out = tr.summary()
+    assert out["test_at_best"] is None and "not the best epoch" in out["warning"]

@@ -109,3 +109,21 @@ def test_existing_run_dir_and_no_valid(ds_dir, tmp_path):
     write_dataset(ds, tmp_path / "nv")
     res = train(tmp_path / "nv", tmp_path / "y", "--epochs", "1", expect=2)
     assert "no validation split" in res.output and "Traceback" not in res.output
+
+
+@pytest.mark.parametrize("model", ["cml", "mf", "lightgcn"])
+def test_a_dataset_without_training_purchases_is_a_clear_error(tmp_path, model):
+    import dataclasses
+
+    from cml_dgl.errors import CmlError
+    from cml_dgl.train import config
+    from cml_dgl.train.trainer import Trainer
+
+    ds = make_tiny_dataset()
+    keep = ds.train_behavior != ds.n_behaviors - 1
+    ds = dataclasses.replace(ds, meta_users=np.arange(4), train_user=ds.train_user[keep],
+                             train_item=ds.train_item[keep], train_behavior=ds.train_behavior[keep],
+                             train_time=ds.train_time[keep])
+    cfg = config.resolve(overrides=[f"model={model}", "backend=torch", "device=cpu"])
+    with pytest.raises(CmlError, match="learns from the training 'buy' edges and the dataset has none"):
+        Trainer(ds, cfg, tmp_path / "run", quiet=True)

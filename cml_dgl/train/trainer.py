@@ -106,6 +106,9 @@ class Trainer:
             u, i = bpr_edges(cfg["model"], ds)
             index = [smp.EdgeIndex(u, i, ds.n_users, ds.n_items)]
             self.n_train_samples = len(index[0].indices)
+        if (self.is_cml or self.trainable) and self.n_train_samples == 0:
+            raise CmlError(f"{ds.path or 'dataset'}: model {cfg['model']!r} learns from the training "
+                           f"{ds.behaviors[-1]!r} edges and the dataset has none")
         if self.is_cml or self.trainable:
             self.draws = make_draws(self.sampler, ds, index, cfg, self.device, cfg["seed"],
                                     self.meta_pointer, with_meta=self.meta is not None)
@@ -390,6 +393,7 @@ class Trainer:
                 os.replace(self.ckpt_dir / "last.pt", self.ckpt_dir / "last.corrupt.pt")
         if info.get("id_map_checksum") != self.ds.id_map_checksum():
             raise CmlError(f"{self.run_dir}: checkpoint was trained on another dataset (id-map checksum differs)")
+        self._check_best()
         self.model.load_state_dict(state["model"])
         for name in ("meta", "opt", "sched", "meta_opt", "meta_sched"):
             if getattr(self, name) is not None:
@@ -408,6 +412,22 @@ class Trainer:
         if self.is_cml:
             self.meta_pointer.pos = info["meta_pos"]
         self._keep_metrics_through(s.epoch)
+
+    def _check_best(self) -> None:
+        """A damaged best.pt is reported when the run resumes, not hours later at the summary: it
+        is renamed ``best.corrupt.pt`` (rank 0), the selection state is kept (the metrics of the
+        best epoch stay true), and best.pt is written again if a later epoch does better."""
+        best = self.ckpt_dir / "best.pt"
+        if not best.exists():
+            return
+        try:
+            load_checkpoint(best)
+        except CmlError as e:
+            print(f"warning: {e}; renamed it best.corrupt.pt: the weights of the best epoch so far are lost "
+                  "(a later better epoch writes best.pt again; until then the summary has no test_at_best)",
+                  file=sys.stderr, flush=True)
+            if self.dist.is_main:
+                os.replace(best, self.ckpt_dir / "best.corrupt.pt")
 
     def _keep_metrics_through(self, epoch: int) -> None:
         """Drop the metrics lines of epochs after ``epoch`` (and a torn last line)."""
@@ -535,11 +555,20 @@ class Trainer:
             for key in rows[0].get("test", {}):
                 vals = [r["test"][key] for r in rows if "test" in r]
                 out.setdefault("best_per_metric", {})[key] = max(vals)
-        elif (self.ckpt_dir / "best.pt").exists():
-            state, _ = load_checkpoint(self.ckpt_dir / "best.pt")
-            current = {k: v.clone() for k, v in self.model.state_dict().items()}  # state_dict aliases
-            self.model.load_state_dict(state["model"])
-            out["test_at_best"] = self.evaluate("test")
-            self.model.load_state_dict(current)
+        elif s.best_epoch >= 0:
+            try:
+                state, info = load_checkpoint(self.ckpt_dir / "best.pt")
+                if info.get("epoch") != s.best_epoch:
+                    raise CmlError(f"{self.ckpt_dir / 'best.pt'}: holds epoch {info.get('epoch')}, "
+                                   f"not the best epoch {s.best_epoch}")
+            except CmlError as e:
+                out["test_at_best"] = None
+                out["warning"] = f"no test score at the best epoch: {e}"
+                print(f"warning: {e}; summary.json has no test_at_best", file=sys.stderr, flush=True)
+            else:
+                current = {k: v.clone() for k, v in self.model.state_dict().items()}  # state_dict aliases
+                self.model.load_state_dict(state["model"])
+                out["test_at_best"] = self.evaluate("test")
+                self.model.load_state_dict(current)
         atomic_write_json(self.run_dir / "summary.json", out)
         return out
