@@ -84,6 +84,13 @@ def run_cli(*args, catch_exceptions: bool = True):
     return runner.invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
 
+def run_cli_ok(*args):
+    """``run_cli`` letting exceptions through, asserting exit code 0."""
+    res = run_cli(*args, catch_exceptions=False)
+    assert res.exit_code == 0, res.stderr
+    return res
+
+
 def assert_one_line_error(res, *fragments: str) -> str:
     """Exit code 2 and a single ``error: ...`` line on stderr holding every fragment."""
     assert res.exit_code == 2, (res.exit_code, res.output, res.stderr, res.exception)

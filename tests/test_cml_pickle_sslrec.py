@@ -18,7 +18,7 @@ import scipy.sparse as sp
 from cml_dgl.data import safe_pickle
 from cml_dgl.data.dataset import load_dataset
 from cml_dgl.data.sources import cml_pickle
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, run_cli_ok
 
 DATASETS = {
     "retail_rocket": ("view", "cart", "buy"),
@@ -32,10 +32,7 @@ def run(*args):
     return run_cli(*args, catch_exceptions=False)
 
 
-def ok(*args):
-    res = run(*args)
-    assert res.exit_code == 0, res.stderr
-    return res
+ok = run_cli_ok
 
 
 def refused(res, out, *fragments):

@@ -9,17 +9,14 @@ import scipy.sparse as sp
 
 from cli.main import cli
 from cml_dgl.data.dataset import load_dataset
-from conftest import run_cli
+from conftest import run_cli, run_cli_ok
 
 
 def run(*args):
     return run_cli(*args, catch_exceptions=False)
 
 
-def ok(*args):
-    res = run(*args)
-    assert res.exit_code == 0, res.stderr
-    return res
+ok = run_cli_ok
 
 
 def write_taobao(path, n_users=30, n_items=400, rows=4000, seed=0):
