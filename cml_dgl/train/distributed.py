@@ -1,7 +1,9 @@
 """Data-parallel training with ``torch.distributed`` (``torchrun --nproc_per_node N cml train ...``).
 
 Every rank holds the full graph and model, seeds every generator with the same ``--seed`` and so
-draws the same global samples. For each per-sample loss vector of a step (BPR triples of each
+draws the same global samples (with ``sampler: device`` on GPUs this assumes identical GPU models:
+torch's CUDA generators may lay out their random streams by the device's size; ranks on different
+models would draw different, equally valid samples, and the run would no longer equal one process). For each per-sample loss vector of a step (BPR triples of each
 behavior, contrastive anchors, the meta users' triples) rank r keeps the rows j with
 j ≡ r (mod W). The objective is a sum of per-sample terms divided by the constant batch size B,
 
