@@ -15,10 +15,11 @@ The objective of a batch with BPR triples O_k and contrast sample S is
 with the weights w from φ (Eq. 5-6), C the contrasted behaviors and B the batch size.
 Baselines (MF, LightGCN) train with mean BPR on their positive edges in the same loop.
 
-Devices: graph, parameters and losses live on the run's device (CUDA needs the torch backend).
-The samplers draw with numpy on the host a whole epoch at a time, in the order the steps use the
-draws, and the epoch's indices reach the device in one copy; logged losses are summed on the device
-and read once per epoch. On CUDA the per-phase ``timings`` therefore measure the host side only
+Devices: graph, parameters, samples and losses live on the run's device (CUDA needs the torch
+backend). A whole epoch is drawn before its steps (:mod:`cml_dgl.train.batches`): with numpy on the
+host and copied once (``sampler: host``, the CPU default), or with torch on the device
+(``sampler: device``, the GPU default); steps read views of it. No step waits for the device:
+logged losses are summed on the device and read once per epoch. On CUDA the per-phase ``timings`` therefore measure the host side only
 (kernels run asynchronously); an epoch's ``seconds`` is exact, as evaluation synchronises.
 Distributed data parallelism (torchrun): see :mod:`cml_dgl.train.distributed`.
 """
