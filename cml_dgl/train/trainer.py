@@ -42,14 +42,13 @@ from tqdm import tqdm
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate_sampled
-from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from cml_dgl.train import faults
 from cml_dgl.train import sampler as smp
 from cml_dgl.train.batches import CMLStep, DeviceTriples, Draws, make_draws, resolve_sampler
-from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
 from cml_dgl.train.config import dump
 from cml_dgl.train.distributed import DistContext, data_parallel
 from cml_dgl.train.model_factory import build_model, resolve_device
+from cml_dgl.train.run_dir import RunDir, warn
 
 RESUMABLE_KEYS = ("epochs", "patience", "device")
 
@@ -81,6 +80,7 @@ class Trainer:
                  quiet: bool = False, dist: DistContext | None = None) -> None:
         self.dist = dist or DistContext()
         self.ds, self.cfg, self.run_dir = ds, cfg, Path(run_dir)
+        self.rundir = RunDir(self.run_dir, is_main=self.dist.is_main)
         self.quiet = quiet or not self.dist.is_main
         if cfg["monitor"] == "valid" and len(ds.valid) == 0:
             raise CmlError(f"{ds.path or 'dataset'}: has no validation split (made with --no-valid, or "
@@ -325,7 +325,7 @@ class Trainer:
     # ------------------------------------------------------------------ run directory
     @property
     def ckpt_dir(self) -> Path:
-        return self.run_dir / "checkpoints"
+        return self.rundir.ckpt_dir
 
     def _state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"model": self.model.state_dict(), "torch_rng": torch.get_rng_state()}
@@ -350,51 +350,17 @@ class Trainer:
                 "n_users": self.ds.n_users, "n_items": self.ds.n_items,
                 "behaviors": self.ds.behaviors}
 
-    def _save(self, best: bool) -> None:
-        """best.pt (when improved) first, then last.pt; the old last.pt becomes prev.pt only once
-        the new one is complete. A kill at any moment leaves last.pt (or prev.pt) at an epoch from
-        which a resume re-runs the later epochs exactly, and re-writes best.pt if they improve."""
-        self.ckpt_dir.mkdir(parents=True, exist_ok=True)
-        state, info = self._state_dict(), self._info()
-        last, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
-        if best:
-            save_checkpoint(self.ckpt_dir / "best.pt", state, info)
-
-        def rotate() -> None:
-            if last.exists():
-                os.replace(last, prev)
-
-        save_checkpoint(last, state, info, before_rename=rotate)
-
     def _restore(self) -> None:
-        """Load last.pt, else prev.pt (a corrupt last.pt is renamed ``last.corrupt.pt`` so that the
-        next save does not rotate it into prev.pt); drop the metrics lines written after it. A run
-        killed before its first checkpoint starts again from epoch 0. Only rank 0 deletes or renames."""
-        for d in (self.run_dir, self.ckpt_dir) if self.dist.is_main else ():
-            for p in remove_stale_temporaries(d):
-                print(f"warning: removed {p}, left by an interrupted write", file=sys.stderr, flush=True)
-        names = ("last.pt", "prev.pt")
-        if not any((self.ckpt_dir / n).exists() for n in names):
-            print(f"warning: {self.run_dir}: no checkpoint yet; starting the run from epoch 0",
-                  file=sys.stderr, flush=True)
-            self._keep_metrics_through(-1)
+        """Continue from the latest usable checkpoint (see :meth:`RunDir.load_latest`) and drop the
+        metrics lines written after it; a run killed before its first checkpoint starts again."""
+        latest = self.rundir.load_latest()
+        if latest is None:
+            self.rundir.keep_metrics_through(-1)
             return
-        errors = []
-        for name in names:
-            try:
-                state, info = load_checkpoint(self.ckpt_dir / name)
-                break
-            except CmlError as e:
-                errors.append(str(e))
-        else:
-            raise CmlError(f"{self.run_dir}: no usable checkpoint to resume from ({'; '.join(errors)})")
-        if errors:
-            print(f"warning: {errors[0]}; resuming from {self.ckpt_dir / 'prev.pt'}", file=sys.stderr, flush=True)
-            if self.dist.is_main and (self.ckpt_dir / "last.pt").exists():
-                os.replace(self.ckpt_dir / "last.pt", self.ckpt_dir / "last.corrupt.pt")
+        state, info = latest
         if info.get("id_map_checksum") != self.ds.id_map_checksum():
             raise CmlError(f"{self.run_dir}: checkpoint was trained on another dataset (id-map checksum differs)")
-        self._check_best()
+        self.rundir.check_best()
         self.model.load_state_dict(state["model"])
         for name in ("meta", "opt", "sched", "meta_opt", "meta_sched"):
             if getattr(self, name) is not None:
@@ -404,89 +370,36 @@ class Trainer:
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
         if self.draws is not None and not self.draws.load_state({**info, **state}):
             self.draws.reseed(self.cfg["seed"] + 1_000_003 * (info["epoch"] + 1))
-            print(f"warning: {self.run_dir}: the checkpoint's sampler state does not fit the "
-                  f"{self.sampler} sampler on {self.device.type} (trained with another sampler or device); "
-                  "its sample stream restarts from the seed and the epoch", file=sys.stderr, flush=True)
+            warn(f"{self.run_dir}: the checkpoint's sampler state does not fit the {self.sampler} sampler on "
+                 f"{self.device.type} (trained with another sampler or device); its sample stream restarts "
+                 "from the seed and the epoch")
         s = self.state
         s.epoch, s.best_epoch, s.best_value, s.wait = (info["epoch"], info["best_epoch"],
                                                        info["best_value"], info["wait"])
         if self.is_cml:
             self.meta_pointer.pos = info["meta_pos"]
-        self._keep_metrics_through(s.epoch)
-
-    def _check_best(self) -> None:
-        """A damaged best.pt is reported when the run resumes, not hours later at the summary: it
-        is renamed ``best.corrupt.pt`` (rank 0), the selection state is kept (the metrics of the
-        best epoch stay true), and best.pt is written again if a later epoch does better."""
-        best = self.ckpt_dir / "best.pt"
-        if not best.exists():
-            return
-        try:
-            load_checkpoint(best)
-        except CmlError as e:
-            print(f"warning: {e}; renamed it best.corrupt.pt: the weights of the best epoch so far are lost "
-                  "(a later better epoch writes best.pt again; until then the summary has no test_at_best)",
-                  file=sys.stderr, flush=True)
-            if self.dist.is_main:
-                os.replace(best, self.ckpt_dir / "best.corrupt.pt")
-
-    def _keep_metrics_through(self, epoch: int) -> None:
-        """Drop the metrics lines of epochs after ``epoch`` (and a torn last line)."""
-        if not self.dist.is_main:
-            return
-        path = self.run_dir / "metrics.jsonl"
-        kept = []
-        if path.exists():
-            for line in path.read_text().splitlines():
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError:
-                    continue
-                if isinstance(row, dict) and row.get("epoch", 1 << 30) <= epoch:
-                    kept.append(json.dumps(row, sort_keys=True))
-        atomic_write_bytes(path, ("\n".join(kept) + "\n" if kept else "").encode())
-
-    def _append_metrics(self, row: dict[str, Any]) -> None:
-        with open(self.run_dir / "metrics.jsonl", "a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self.rundir.keep_metrics_through(s.epoch)
 
     def prepare_run_dir(self, overwrite: bool = False, resume: bool = False) -> None:
         """Create the run directory, or restore the run from it (``resume``). Distributed, rank 0
         does this first (checks, clean-up, writes); the other ranks then only read the checkpoint."""
         if self.dist.is_main:
-            self._prepare_run_dir_main(overwrite, resume)
+            if resume:
+                if not (self.run_dir / "config.yaml").is_file():
+                    raise CmlError(f"{self.run_dir}: not a run directory (no config.yaml) to resume")
+                self._restore()
+            else:
+                self.rundir.create(dump(self.cfg), {
+                    "dataset": str(Path(self.ds.path).resolve()) if self.ds.path else None,
+                    "id_map_checksum": self.ds.id_map_checksum(),
+                    "test_selected": self.cfg["monitor"] == "test",
+                    "device": str(self.device),
+                    "sampler": self.sampler,
+                    "torch": torch.__version__,
+                }, overwrite)
         self.dist.barrier()
         if resume and not self.dist.is_main:
             self._restore()
-
-    def _prepare_run_dir_main(self, overwrite: bool, resume: bool) -> None:
-        rd = self.run_dir
-        if resume:
-            if not (rd / "config.yaml").is_file():
-                raise CmlError(f"{rd}: not a run directory (no config.yaml) to resume")
-            self._restore()
-            return
-        if rd.exists() and any(rd.iterdir()) and not overwrite:
-            raise CmlError(f"{rd}: run directory exists and is not empty (pass --overwrite or --resume)")
-        if rd.exists() and overwrite:
-            for sub in ("metrics.jsonl", "summary.json"):
-                (rd / sub).unlink(missing_ok=True)
-            for f in self.ckpt_dir.glob("*.pt") if self.ckpt_dir.exists() else []:
-                f.unlink()
-            for d in (rd, self.ckpt_dir):
-                remove_stale_temporaries(d)
-        rd.mkdir(parents=True, exist_ok=True)
-        atomic_write_bytes(rd / "config.yaml", dump(self.cfg).encode())
-        atomic_write_json(rd / "run.json", {
-            "dataset": str(Path(self.ds.path).resolve()) if self.ds.path else None,
-            "id_map_checksum": self.ds.id_map_checksum(),
-            "test_selected": self.cfg["monitor"] == "test",
-            "device": str(self.device),
-            "sampler": self.sampler,
-            "torch": torch.__version__,
-        })
 
     # ------------------------------------------------------------------ main loop
     def fit(self) -> dict[str, Any]:
@@ -533,8 +446,8 @@ class Trainer:
         s.epoch = epoch
         row["seconds"] = round(time.perf_counter() - t0, 4)
         row["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
-        self._append_metrics(row)
-        self._save(best=improved)
+        self.rundir.append_metrics(row)
+        self.rundir.save(self._state_dict(), self._info(), best=improved)
         if not self.quiet:
             print(json.dumps(row, sort_keys=True), flush=True)
 
@@ -544,8 +457,7 @@ class Trainer:
         if not self.dist.is_main:
             return {}
         s, cfg = self.state, self.cfg
-        path = self.run_dir / "metrics.jsonl"
-        rows = [json.loads(x) for x in path.read_text().splitlines() if x] if path.exists() else []
+        rows = self.rundir.metrics()
         best_row = next((r for r in rows if r["epoch"] == s.best_epoch), None)
         out: dict[str, Any] = {"monitor": cfg["monitor"], "monitor_metric": cfg["monitor_metric"],
                                "best_epoch": s.best_epoch, "epochs_run": s.epoch,
@@ -558,18 +470,15 @@ class Trainer:
                 out.setdefault("best_per_metric", {})[key] = max(vals)
         elif s.best_epoch >= 0:
             try:
-                state, info = load_checkpoint(self.ckpt_dir / "best.pt")
-                if info.get("epoch") != s.best_epoch:
-                    raise CmlError(f"{self.ckpt_dir / 'best.pt'}: holds epoch {info.get('epoch')}, "
-                                   f"not the best epoch {s.best_epoch}")
+                state = self.rundir.load_best(s.best_epoch)
             except CmlError as e:
                 out["test_at_best"] = None
                 out["warning"] = f"no test score at the best epoch: {e}"
-                print(f"warning: {e}; summary.json has no test_at_best", file=sys.stderr, flush=True)
+                warn(f"{e}; summary.json has no test_at_best")
             else:
                 current = {k: v.clone() for k, v in self.model.state_dict().items()}  # state_dict aliases
                 self.model.load_state_dict(state["model"])
                 out["test_at_best"] = self.evaluate("test")
                 self.model.load_state_dict(current)
-        atomic_write_json(self.run_dir / "summary.json", out)
+        self.rundir.write_summary(out)
         return out
