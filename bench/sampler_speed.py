@@ -45,7 +45,7 @@ def main() -> int:
     res: dict = {"device": str(device), "target_interactions": n_target,
                  "train_edges": int(sum(ds.train_counts().values())), "threads": torch.get_num_threads()}
     with tempfile.TemporaryDirectory() as tmp:
-        for sampler in ("host", "device"):
+        for sampler in ("device", "host"):
             cfg = config.resolve(presets=["tmall"], overrides=[f"device={device.type}", "backend=torch",
                                                               f"sampler={sampler}"])
             tr = Trainer(ds, cfg, Path(tmp) / sampler, quiet=True)
