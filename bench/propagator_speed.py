@@ -1,15 +1,18 @@
 """Milliseconds per propagation (one layer over every behavior) of the two message-passing backends.
 
-    python bench/propagator_speed.py [--dim 16] [--repeats 40]
+    python bench/propagator_speed.py [--dim 16] [--repeats 40] [--rounds 7]
 
 On the Retailrocket benchmark graph; forward alone and forward + backward, side by side in one
-process, with the ratio DGL / torch.
+process, with the ratio DGL / torch. The backends alternate for ``--rounds`` rounds of ``--repeats``
+calls each and every figure is the median round, so that load from other processes on a shared
+machine hits both alike.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -23,7 +26,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=40)
+    ap.add_argument("--rounds", type=int, default=7)
     args = ap.parse_args()
+    if args.repeats < 1 or args.rounds < 1:
+        sys.exit("--repeats and --rounds must be >= 1")
     import torch
 
     from cml_dgl.data.dataset import load_dataset
@@ -32,22 +38,26 @@ def main() -> None:
     ds = load_dataset(retailrocket_dataset(valid=False))
     hu = torch.randn(ds.n_users, args.dim, requires_grad=True)
     hi = torch.randn(ds.n_items, args.dim, requires_grad=True)
-    out = {}
-    for backend in ("torch", "dgl"):
-        prop = propagator_for_dataset(ds, backend=backend)
+    props = {backend: propagator_for_dataset(ds, backend=backend) for backend in ("torch", "dgl")}
+    for prop in props.values():
         for _ in range(5):
             a, b = prop(hu, hi)
             (a.sum() + b.sum()).backward()
-        t = time.perf_counter()
-        for _ in range(args.repeats):
-            prop(hu, hi)
-        fwd = (time.perf_counter() - t) / args.repeats
-        t = time.perf_counter()
-        for _ in range(args.repeats):
-            a, b = prop(hu, hi)
-            (a.sum() + b.sum()).backward()
-        both = (time.perf_counter() - t) / args.repeats
-        out[backend] = {"forward_ms": round(fwd * 1e3, 3), "forward_backward_ms": round(both * 1e3, 3)}
+    times: dict = {backend: {"forward_ms": [], "forward_backward_ms": []} for backend in props}
+    for _ in range(args.rounds):
+        for backend, prop in props.items():
+            t = time.perf_counter()
+            for _ in range(args.repeats):
+                prop(hu, hi)
+            times[backend]["forward_ms"].append((time.perf_counter() - t) / args.repeats)
+            t = time.perf_counter()
+            for _ in range(args.repeats):
+                a, b = prop(hu, hi)
+                (a.sum() + b.sum()).backward()
+            times[backend]["forward_backward_ms"].append((time.perf_counter() - t) / args.repeats)
+    out: dict = {backend: {k: round(statistics.median(v) * 1e3, 3) for k, v in t.items()}
+                 for backend, t in times.items()}
+    out["rounds"] = args.rounds
     out["dgl_over_torch"] = round(out["dgl"]["forward_backward_ms"] / out["torch"]["forward_backward_ms"], 2)
     print(json.dumps(out, sort_keys=True))
 

@@ -117,6 +117,66 @@ def test_cml_forward_and_gradients_equal_across_backends(graph, norm, activation
         torch.testing.assert_close(g, grads["torch"][name], atol=1e-5, rtol=1e-5, msg=name)
 
 
+@pytest.mark.parametrize("norm", NORMS)
+@pytest.mark.parametrize("graph", GRAPHS, ids=[g[0] for g in GRAPHS])
+def test_dgl_backend_float64_gradients_are_exact(graph, norm):
+    """The cached degree scalings exist per dtype, and the backward through the in-place destination
+    scaling matches finite differences and the torch backend in float64."""
+    _, n_users, n_items, edges, names = graph
+    torch.manual_seed(4)
+    h_user = torch.randn(n_users, 3, dtype=torch.float64, requires_grad=True)
+    h_item = torch.randn(n_items, 3, dtype=torch.float64, requires_grad=True)
+    props = {b: build_propagator(n_users, n_items, edges, backend=b, norm=norm, names=names) for b in ("dgl", "torch")}
+    assert torch.autograd.gradcheck(lambda u, i: props["dgl"](u, i), (h_user, h_item))
+    coef = [torch.randn(len(edges), n, 3, dtype=torch.float64) for n in (n_users, n_items)]
+    grads = {}
+    for b, prop in props.items():
+        p_u, p_i = prop(h_user, h_item)
+        assert p_u.dtype == p_i.dtype == torch.float64
+        grads[b] = torch.autograd.grad((coef[0] * p_u).sum() + (coef[1] * p_i).sum(), (h_user, h_item))
+    for g_dgl, g_torch in zip(grads["dgl"], grads["torch"]):
+        torch.testing.assert_close(g_dgl, g_torch, atol=1e-12, rtol=1e-12)
+
+
+def test_dgl_backend_repeated_calls_leave_inputs_and_results_unchanged():
+    """Scalings are cached per dtype and applied in place to fresh SpMM outputs only: a float64 call in
+    between, or a backward pass, changes neither the inputs nor the next float32 result."""
+    _, n_users, n_items, edges, names = GRAPHS[1]
+    prop = build_propagator(n_users, n_items, edges, backend="dgl", norm="sym", names=names)
+    torch.manual_seed(5)
+    h_user = torch.randn(n_users, 4, requires_grad=True)
+    h_item = torch.randn(n_items, 4, requires_grad=True)
+    saved = h_user.detach().clone(), h_item.detach().clone()
+    first = [t.detach().clone() for t in prop(h_user, h_item)]
+    p64 = prop(h_user.detach().double(), h_item.detach().double())
+    torch.testing.assert_close(p64[0].float(), first[0])
+    p_u, p_i = prop(h_user, h_item)
+    (p_u.sum() + p_i.sum()).backward()
+    again = prop(h_user, h_item)
+    for a, b in zip(first, again):
+        assert torch.equal(a, b)
+    assert torch.equal(h_user.detach(), saved[0]) and torch.equal(h_item.detach(), saved[1])
+
+
+@pytest.mark.parametrize("norm", NORMS)
+def test_dgl_backend_is_heterograph_conv_over_the_behavior_relations(norm):
+    """The product's contract: a heterograph of users, items and the behavior relations (and their
+    reverses), one HeteroGraphConv module per relation, and the propagator's output is its output."""
+    from dgl.nn import HeteroGraphConv
+
+    _, n_users, n_items, edges, names = GRAPHS[1]
+    prop = build_propagator(n_users, n_items, edges, backend="dgl", norm=norm, names=names)
+    rels = {("user", n, "item") for n in names} | {("item", "rev_" + n, "user") for n in names}
+    assert set(prop.graph.canonical_etypes) == rels
+    assert [prop.graph.num_edges(("user", n, "item")) for n in names] == prop.n_edges
+    assert isinstance(prop.conv, HeteroGraphConv) and set(prop.conv.mods) == {r[1] for r in rels}
+    torch.manual_seed(6)
+    h_user, h_item = torch.randn(n_users, 2), torch.randn(n_items, 2)
+    direct = prop.conv(prop.graph, {"user": h_user, "item": h_item})
+    p_u, p_i = prop(h_user, h_item)
+    assert torch.equal(direct["user"], p_u) and torch.equal(direct["item"], p_i)
+
+
 def test_propagator_for_dataset_merge_and_selection(tiny_dataset):
     ds = tiny_dataset
     K = ds.n_behaviors

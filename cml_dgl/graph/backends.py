@@ -9,10 +9,12 @@ For K relations (behaviors) with normalised adjacency :math:`\\hat A_k` (U × I,
 i.e. one step of Eq. 1 of the paper per behavior, without mixing behaviors.
 
 * ``"dgl"``: ``dgl.nn.HeteroGraphConv`` over a heterograph with relations (user, b, item) and
-  (item, rev_b, user), one parameter-free ``GraphConv`` per relation. ``GraphConv(norm='both')``
-  scales a message by (out-degree of the source)^-1/2 · (in-degree of the destination)^-1/2 in that
-  relation, which for a bipartite relation is exactly :math:`D_u^{-1/2} A_k D_i^{-1/2}`; zero-degree
-  nodes receive nothing, so their rows stay zero. CPU only.
+  (item, rev_b, user), one parameter-free :class:`_NormalisedSum` per relation: DGL's fused
+  ``copy_u``/``sum`` SpMM between a scaling of the sources by (out-degree)^-1/2 and of the
+  destinations by (in-degree)^-1/2 in that relation (``GraphConv(norm='both')`` without weights),
+  which for a bipartite relation is exactly :math:`D_u^{-1/2} A_k D_i^{-1/2}`; zero-degree nodes
+  receive nothing, so their rows stay zero. The degree scalings are computed once, and the
+  per-relation outputs are stacked straight into the caller's relation order. CPU only.
 * ``"torch"``: the K relations stacked in one sparse CSR matrix, one sparse-dense product per side,
   with a hand-written backward (the precomputed transpose). Any device; never imports DGL.
 
@@ -147,38 +149,72 @@ class TorchPropagator:
 
 
 class DGLPropagator:
-    """DGL backend: ``HeteroGraphConv`` of parameter-free ``GraphConv`` s, outputs stacked per relation."""
+    """DGL backend: ``HeteroGraphConv`` of parameter-free normalised sums, outputs stacked per relation."""
 
     backend = "dgl"
 
     def __init__(self, rel: Relations, norm: str):
         import_dgl()
-        from dgl.nn import GraphConv, HeteroGraphConv  # noqa: PLC0415  (lazy: DGL is optional)
+        from dgl.nn import HeteroGraphConv  # noqa: PLC0415  (lazy: DGL is optional)
 
         self.n_users, self.n_items, self.n_behaviors = rel.n_users, rel.n_items, rel.n_relations
         self.names, self.norm, self.device = rel.names, norm, torch.device("cpu")
         self.n_edges = rel.n_edges()
         self.graph = build_heterograph(rel)
-        conv_norm = "both" if norm == "sym" else "none"
-        mods = {et: GraphConv(1, 1, norm=conv_norm, weight=False, bias=False, allow_zero_in_degree=True)
-                for _, et, _ in self.graph.canonical_etypes}
-        # HeteroGraphConv visits relations in g.canonical_etypes order (sorted by DGL); reorder to ours.
+        mods = {et: _NormalisedSum(self.graph[src, et, dst], norm) for src, et, dst in self.graph.canonical_etypes}
+        # HeteroGraphConv visits relations in g.canonical_etypes order (sorted by DGL); stack in ours.
         dst_order = {nt: [et for _, et, d in self.graph.canonical_etypes if d == nt] for nt in (USER, ITEM)}
         want = {ITEM: list(rel.names), USER: [REVERSE_PREFIX + n for n in rel.names]}
-        self._perm = {nt: torch.tensor([dst_order[nt].index(et) for et in want[nt]]) for nt in (USER, ITEM)}
-        self.conv = HeteroGraphConv(mods, aggregate=_stack_first)
+        self.conv = HeteroGraphConv(mods, aggregate=_StackInOrder(
+            {nt: [dst_order[nt].index(et) for et in want[nt]] for nt in (USER, ITEM)}))
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         _check_inputs(self, h_user, h_item)
         out = self.conv(self.graph, {USER: h_user, ITEM: h_item})
-        return out[USER][self._perm[USER]], out[ITEM][self._perm[ITEM]]
+        return out[USER], out[ITEM]
 
     def __repr__(self) -> str:
         return f"DGLPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r})"
 
 
-def _stack_first(tensors: list[Tensor], dsttype: str) -> Tensor:
-    return torch.stack(tensors, 0)
+class _NormalisedSum(torch.nn.Module):
+    """One relation: :math:`h'_v = c_v \\sum_{u \\to v} c_u h_u` by DGL's fused ``copy_u``/``sum`` SpMM.
+
+    With ``norm="sym"``, :math:`c_u` = (out-degree of u)^-1/2 and :math:`c_v` = (in-degree of v)^-1/2
+    in this relation (degree 0 counts as 1), as ``GraphConv(norm='both')``; with ``"none"`` both are 1.
+    The scalings are computed once (per feature dtype), not per call; the destination scaling is
+    applied in place to the SpMM's fresh output, which its backward does not keep.
+    ``dgl.ops.copy_u_sum`` is the g-SpMM that ``update_all(fn.copy_u, fn.sum)`` runs, without the
+    message-passing frame bookkeeping (about a fifth less time per forward pass on Retailrocket).
+    """
+
+    def __init__(self, rel_graph, norm: str):
+        super().__init__()
+        self._spmm = import_dgl().ops.copy_u_sum
+        self._deg = None if norm == "none" else (rel_graph.out_degrees(), rel_graph.in_degrees())
+        self._scales: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
+
+    def _scale(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+        if dtype not in self._scales:
+            self._scales[dtype] = tuple(d.to(torch.float64).clamp(min=1).pow(-0.5).to(dtype).unsqueeze(1)
+                                        for d in self._deg)
+        return self._scales[dtype]
+
+    def forward(self, graph, feat: tuple[Tensor, Tensor]) -> Tensor:  # noqa: D102
+        h_src = feat[0]
+        scale = None if self._deg is None else self._scale(h_src.dtype)
+        out = self._spmm(graph, h_src if scale is None else h_src * scale[0])
+        return out if scale is None else out.mul_(scale[1])
+
+
+class _StackInOrder:
+    """``HeteroGraphConv`` aggregate: the per-relation outputs of a node type stacked (K, N, d) in a given order."""
+
+    def __init__(self, order: dict[str, list[int]]):
+        self.order = order
+
+    def __call__(self, tensors: list[Tensor], dsttype: str) -> Tensor:
+        return torch.stack([tensors[j] for j in self.order[dsttype]], 0)
 
 
 def _check_inputs(p, h_user: Tensor, h_item: Tensor) -> None:
