@@ -101,7 +101,8 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int,
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols.astype(np.int64)),
-                                       torch.from_numpy(vals), size=shape, dtype=dtype).to(device)
+                                       torch.from_numpy(vals), size=shape, dtype=dtype,
+                                       check_invariants=True).to(device)
 
 
 def stacked_adjacency(rel: Relations, norm: str, dtype: torch.dtype = torch.float32,

@@ -171,8 +171,14 @@ def _sum_hook(process_group, bucket):
 
 def data_parallel(model: nn.Module, ctx: DistContext) -> nn.Module:
     """``model`` under DistributedDataParallel with summed gradients (see the module docstring)."""
+    import inspect
+
+    # no buffer broadcast before each forward (the encoder's buffers are equal on every rank);
+    # newer torch renames the option (broadcast_buffers is deprecated there)
+    params = inspect.signature(nn.parallel.DistributedDataParallel.__init__).parameters
+    no_sync = {"forward_sync_buffers": False} if "forward_sync_buffers" in params else {"broadcast_buffers": False}
     ddp = nn.parallel.DistributedDataParallel(
         model, device_ids=[ctx.local_rank] if ctx.device is not None and ctx.device.type == "cuda" else None,
-        broadcast_buffers=False)
+        **no_sync)
     ddp.register_comm_hook(None, _sum_hook)
     return ddp
