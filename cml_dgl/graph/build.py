@@ -100,8 +100,10 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int,
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=crow[1:])
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
-        return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols.astype(np.int64)),
-                                       torch.from_numpy(vals), size=shape, dtype=dtype,
+        # torch.from_numpy gives an empty array stride 0, which the invariant check refuses
+        col_t, val_t = (torch.from_numpy(x) if len(x) else torch.from_numpy(x).new_zeros(0)
+                        for x in (cols.astype(np.int64), vals))
+        return torch.sparse_csr_tensor(torch.from_numpy(crow), col_t, val_t, size=shape, dtype=dtype,
                                        check_invariants=True).to(device)
 
 
