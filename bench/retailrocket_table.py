@@ -34,6 +34,8 @@ CODE_ENCODER = ["--set", "activation=sigmoid", "--set", "norm=none"]
 CONFIGS: dict[str, list[str]] = {
     "CML (paper: PReLU, sym. norm)": CML_RUN,
     "CML, code encoder (sigmoid, raw sums)": CML_RUN + CODE_ENCODER,
+    "CML, PReLU + raw sums": CML_RUN + ["--set", "norm=none"],
+    "CML, sigmoid + sym. norm": CML_RUN + ["--set", "activation=sigmoid"],
     "CML, compat official": CML_RUN + ["--preset", "official"],
     "CML w/o CL (no-cl)": CML_RUN + ["--variant", "no-cl"],
     "CML w/o meta net (no-meta)": CML_RUN + ["--variant", "no-meta"],
@@ -59,12 +61,12 @@ def main() -> None:
     ap.add_argument("--seeds", default="2023,2024,2025")
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "retailrocket")
-    ap.add_argument("--only", default=None, help="comma-separated config names to run")
+    ap.add_argument("--only", default=None, help="config names to run, separated by ';' (names hold commas)")
     args = ap.parse_args()
     seeds = [int(s) for s in args.seeds.split(",")]
     data = {"paper": retailrocket_dataset(valid=False, workdir=args.out),
             "honest": retailrocket_dataset(valid=True, workdir=args.out)}
-    configs = {k: v for k, v in CONFIGS.items() if args.only is None or k in args.only.split(",")}
+    configs = {k: v for k, v in CONFIGS.items() if args.only is None or k in [n.strip() for n in args.only.split(";")]}
     jobs = []
     for name, extra in configs.items():
         for proto in ("paper", "honest"):
