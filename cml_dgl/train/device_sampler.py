@@ -96,7 +96,7 @@ class _Segments:
 
     def finish(self) -> "_SegmentViews":
         offsets = torch.zeros(len(self.counts), self.n_steps + 1, dtype=torch.int64, device=self.counts[0].device)
-        torch.cumsum(torch.stack(self.counts), dim=1, out=offsets[:, 1:])
+        offsets[:, 1:] = torch.cumsum(torch.stack(self.counts), dim=1)
         return _SegmentViews(self.values, offsets.cpu().numpy())
 
 
