@@ -15,7 +15,8 @@ Stages, each printed as it finishes, then one ``RESULT {json}`` line:
    bench/out/retail --no-valid`` (carry it to a machine without the shared data or without scipy),
    else preprocessed here from ``$CML_SHARED_DATA/retailrocket`` / ``../shared/data/retailrocket``.
 3. ``tmall``: seconds per epoch on a synthetic dataset of Tmall's size (31,882 users, 31,232 items,
-   1.45M edges, 4 behaviors), ``--preset tmall``.
+   1.45M edges, 4 behaviors), ``--preset tmall``; on a GPU also ``tmall_host_sampler``, the same
+   with ``sampler=host`` (numpy draws copied once per epoch) against the default device sampler.
 4. ``taobao``: the same on Taobao's user and item counts (987,994 users, 4,162,024 items) with 20M
    unique edges (``--taobao-edges``; the full log's 100M events do not fit the 5 minutes), the real
    log's behavior mix (pv 89.5 %, fav 2.9 %, cart 5.5 %, buy 2.1 %; every user keeps >= 4
@@ -251,14 +252,14 @@ def _shared_data() -> Path:
 
 
 def synthetic(name: str, users: int, items: int, edges: int, share, device, epochs: int, clock: Clock,
-              work: Path) -> dict:
+              work: Path, overrides: tuple[str, ...] = ()) -> dict:
     from cml_dgl.data.synth import synthetic_dataset
 
     t = time.perf_counter()
     ds = synthetic_dataset(users, items, edges, share=share, seed=0)
     gen = time.perf_counter() - t
     print(f"  {name}: generated {users:,} users, {items:,} items, {edges:,} edges in {gen:.1f} s", flush=True)
-    res = train_epochs(ds, ["tmall"], [], device, epochs, clock, work, name)
+    res = train_epochs(ds, ["tmall"], list(overrides), device, epochs, clock, work, name)
     res["generate_seconds"] = round(gen, 2)
     return res
 
@@ -272,7 +273,8 @@ def main() -> int:
     ap.add_argument("--budget", type=float, default=280.0, help="Seconds for the whole check.")
     ap.add_argument("--retail", type=Path, default=None, help="A preprocessed Retailrocket dataset directory.")
     ap.add_argument("--workdir", type=Path, default=None)
-    ap.add_argument("--skip", default="", help="Comma-separated stages to skip (equality,syncs,retailrocket,tmall,taobao).")
+    ap.add_argument("--skip", default="", help="Comma-separated stages to skip "
+                    "(equality,syncs,retailrocket,tmall,tmall_host_sampler,taobao).")
     args = ap.parse_args()
     clock = Clock(args.budget)
     missing = _setup_path()
@@ -304,6 +306,10 @@ def main() -> int:
         ("syncs", lambda: check_syncs(device, work)),
         ("retailrocket", lambda: retailrocket(args, device, clock, work)),
         ("tmall", lambda: synthetic("tmall", *tmall, None, device, args.epochs, clock, work)),
+        # on a GPU, the same with the numpy sampler (one host-to-device copy per epoch) for comparison
+        ("tmall_host_sampler", lambda: synthetic("tmall_host_sampler", *tmall, None, device, args.epochs, clock,
+                                                 work, ("sampler=host",))
+         if device.type == "cuda" else {"skipped": "the CPU's default is the host sampler (the tmall stage)"}),
         ("taobao", lambda: _taobao(taobao, device, args.epochs, clock, work, results)),
     ]
     failed = False
