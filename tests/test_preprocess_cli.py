@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cli.main import cli
 from cml_dgl.data.dataset import load_dataset
 from conftest import run_cli, run_cli_ok
 

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from cli.main import cli
 from conftest import run_cli
 
 GOOD_TAOBAO = ["1,10,5,pv,1511544070", "1,11,5,buy,1511544071", "1,12,5,buy,1511544072",

@@ -17,7 +17,6 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from cli.main import cli
 from cml_dgl.data.dataset import FORMAT_VERSION, write_dataset
 from cml_dgl.train.checkpoint import FORMAT, VERSION
 from conftest import make_tiny_dataset

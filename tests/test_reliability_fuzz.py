@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cli.main import cli
 from cml_dgl.data.dataset import load_dataset
 from conftest import run_cli as run
 

@@ -1,5 +1,4 @@
 import numpy as np
-import pytest
 
 from cml_dgl.train import sampler as smp
 

@@ -1,7 +1,6 @@
 """What an untrained model scores: chance on unstructured data, popularity on Retailrocket."""
 
 import numpy as np
-import pytest
 import torch
 from click.testing import CliRunner
 
