@@ -148,19 +148,15 @@ class DeviceDraws:
     def _rand(self, n: int) -> Tensor:
         return torch.rand(n, generator=self.gen, device=self.device, dtype=torch.float64)
 
-    def _subsets(self, n_steps: int, starts: np.ndarray, sizes: np.ndarray, take: np.ndarray) -> Tensor:
-        """Positions of a uniform ``take[j]``-subset (in random order) of each segment
-        ``[starts[j], starts[j] + sizes[j])`` of a contiguous range, concatenated step after step."""
-        total = int(sizes.sum())
-        dev = self.device
-        seg = torch.repeat_interleave(torch.arange(n_steps, device=dev),
+    def _subsets(self, sizes: np.ndarray, take: np.ndarray) -> Tensor:
+        """Positions of a uniform ``take[j]``-subset (in random order) of each segment j of
+        ``0..sum(sizes)-1`` (segment j holds ``sizes[j]`` positions), concatenated step after step."""
+        total, dev = int(sizes.sum()), self.device
+        seg = torch.repeat_interleave(torch.arange(len(sizes), device=dev),
                                       torch.from_numpy(sizes).to(dev), output_size=total)
         order = torch.argsort(seg.to(torch.float64) + self._rand(total))  # segments stay in order
-        n_take = int(take.sum())
-        if n_take == 0:
-            return torch.zeros(0, dtype=torch.int64, device=dev)
-        first = torch.from_numpy(np.repeat(starts, take) + _ranks(take)).to(dev)
-        return order[first]
+        starts = np.cumsum(sizes) - sizes
+        return order[torch.from_numpy(np.repeat(starts, take) + _ranks(take)).to(dev)]
 
     # ------------------------------------------------------------------ CML
     def cml_steps(self) -> list[CMLStep]:
@@ -170,8 +166,7 @@ class DeviceDraws:
         n_steps = -(-n // B)
         if n_steps == 0:
             return []
-        starts = np.arange(n_steps, dtype=np.int64) * B
-        sizes = np.minimum(B, n - starts)
+        sizes = np.minimum(B, n - np.arange(n_steps, dtype=np.int64) * B)
         order = torch.randperm(n, generator=self.gen, device=dev)
         users, target_items = self.target_users[order], self.target_items[order]
         step_of_row = torch.arange(n, device=dev) // B
@@ -190,8 +185,8 @@ class DeviceDraws:
         ratio = cfg["cl_sample_ratio"]
         take = _contrast_sizes(sizes, ratio)
         take_dev = torch.from_numpy(take).to(dev)
-        s1 = segs.add(users[self._subsets(n_steps, starts, sizes, take)], take_dev)
-        s3 = segs.add(users[self._subsets(n_steps, starts, sizes, take)], take_dev)
+        s1 = segs.add(users[self._subsets(sizes, take)], take_dev)
+        s3 = segs.add(users[self._subsets(sizes, take)], take_dev)
         meta_triples: list[tuple[int, int, int]] = []
         s2 = segs.add(users[:0], torch.zeros(n_steps, dtype=torch.int64, device=dev))
         if self.with_meta:
@@ -219,9 +214,7 @@ class DeviceDraws:
             s2 = segs.add(mu, torch.full((n_steps,), L, dtype=torch.int64, device=dev))
         else:
             take = int(_contrast_sizes(np.array([L]), cfg["cl_sample_ratio"])[0])
-            starts = np.arange(n_steps, dtype=np.int64) * L
-            picked = self._subsets(n_steps, starts, np.full(n_steps, L, dtype=np.int64),
-                                   np.full(n_steps, take, dtype=np.int64))
+            picked = self._subsets(np.full(n_steps, L, dtype=np.int64), np.full(n_steps, take, dtype=np.int64))
             s2 = segs.add(mu[picked], torch.full((n_steps,), take, dtype=torch.int64, device=dev))
         return handles, s2
 
@@ -238,7 +231,7 @@ class DeviceDraws:
 
 def _contrast_sizes(sizes: np.ndarray, ratio: float) -> np.ndarray:
     """floor(ratio * n) per batch, 0 where that is below 2 (the host rule of ``contrast_sample``)."""
-    take = np.array([int(int(s) * ratio) for s in sizes], dtype=np.int64)
+    take = np.floor(sizes * ratio).astype(np.int64)
     take[take < 2] = 0
     return take
 

@@ -323,10 +323,6 @@ class Trainer:
         return {k: round(float(v), 6) for k, v in res.items()}
 
     # ------------------------------------------------------------------ run directory
-    @property
-    def ckpt_dir(self) -> Path:
-        return self.rundir.ckpt_dir
-
     def _state_dict(self) -> dict[str, Any]:
         st: dict[str, Any] = {"model": self.model.state_dict(), "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":  # dropout of the meta network draws from the device's generator
