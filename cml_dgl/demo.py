@@ -3,7 +3,6 @@ export and report, all in one directory. Used by ``cml demo`` and ``make demo``.
 
 from __future__ import annotations
 
-import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,6 +13,7 @@ from cml_dgl.data.preprocess import preprocess
 from cml_dgl.data.synth import SynthConfig, generate_events, write_raw_log
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate
+from cml_dgl.fsutil import atomic_write_json
 from cml_dgl.export import export_embeddings, meta_contrastive_weights
 from cml_dgl.report import write_report
 from cml_dgl.runs import load_run
@@ -50,6 +50,7 @@ def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, ove
     log(f"[2/5] preprocessed: {info['n_users']:,} users, {info['n_items']:,} items, "
         f"train edges {info['train_edges']} -> {ds_dir}")
     results: dict[str, Any] = {}
+    runs = {}
     for model in MODELS:
         cfg = config_mod.resolve(presets=["demo"], overrides=[
             f"model={model}", f"seed={seed}", f"epochs={size.epochs}", "device=cpu"]
@@ -59,7 +60,8 @@ def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, ove
         trainer.prepare_run_dir(overwrite=True)
         t = time.perf_counter()
         trainer.fit()
-        run = load_run(run_dir, "best", dataset=ds_dir)
+        run = load_run(run_dir, "best", dataset=ds)
+        runs[model] = run
         user, item = run.embeddings()
         res = evaluate(ds, user, item, split="test", protocol="both", ks=(10,), seed=seed)
         results[model] = {"run_dir": str(run_dir), "train_seconds": round(time.perf_counter() - t, 1),
@@ -67,7 +69,7 @@ def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, ove
                           **{r["protocol"]: r["metrics"] for r in res}}
         log(f"[3/5] trained {model:<4} in {results[model]['train_seconds']:>5.1f} s: test NDCG@10 "
             f"sampled {results[model]['sampled']['ndcg@10']:.4f}, full {results[model]['full']['ndcg@10']:.4f}")
-    cml_run = load_run(out / "run-cml", "best", dataset=ds_dir)
+    cml_run = runs["cml"]
     manifest = export_embeddings(cml_run, out / "embeddings", overwrite=True)
     log(f"[4/5] exported {', '.join(manifest['tables'])} -> {out / 'embeddings'}")
     figures = write_report(out / "run-cml", meta_weights=meta_contrastive_weights(cml_run, seed=seed))
@@ -75,5 +77,5 @@ def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, ove
     summary = {"out": str(out), "seconds": round(time.perf_counter() - t0, 1), "dataset": info,
                "test": results, "figures": {k: str(v) for k, v in figures.items()},
                "embeddings": str(out / "embeddings")}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n")
+    atomic_write_json(out / "summary.json", summary)
     return summary

@@ -40,12 +40,12 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return Path(checkpoint)
 
 
-def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path | None = None,
+def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path | Dataset | None = None,
              device: str = "cpu") -> LoadedRun:
     """Rebuild the run's model on ``device`` and load its weights (weights-only, checksummed).
 
-    The dataset is the one recorded in ``run.json`` unless ``dataset`` is given; a checkpoint whose
-    id-map checksum differs from the dataset's is refused.
+    The dataset is the one recorded in ``run.json`` unless ``dataset`` (a path, or a dataset
+    already loaded) is given; a checkpoint whose id-map checksum differs from the dataset's is refused.
     """
     rd = Path(run_dir)
     cfg_path = rd / "config.yaml"
@@ -63,10 +63,10 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
     ds_path = dataset or recorded
     if not ds_path:
         raise CmlError(f"{rd}/run.json records no dataset; pass --dataset")
-    ds = load_dataset(ds_path)
+    ds = ds_path if isinstance(ds_path, Dataset) else load_dataset(ds_path)
     state, info = load_checkpoint(ckpt)
     if info.get("id_map_checksum") != ds.id_map_checksum():
-        raise CmlError(f"{ckpt}: trained on another dataset than {ds_path} (id-map checksum differs)")
+        raise CmlError(f"{ckpt}: trained on another dataset than {ds.path or ds_path} (id-map checksum differs)")
     dev = torch.device(device)
     model, meta = build_model(ds, cfg, dev)
     model.load_state_dict(state["model"])
