@@ -84,6 +84,19 @@ def run_cli(*args, catch_exceptions: bool = True):
     return runner.invoke(cli, [str(a) for a in args], catch_exceptions=catch_exceptions)
 
 
+def write_published_split(folder: Path) -> None:
+    """A minimal published split in the authors' layout (2 users, 4 items, view/cart/buy)."""
+    import pickle
+
+    import scipy.sparse as sp
+
+    folder.mkdir()
+    m = sp.csr_matrix(np.array([[0, 5, 6, 0], [7, 0, 0, 8]], dtype=np.int64))
+    for name in ("view", "cart", "buy"):
+        (folder / f"trn_{name}").write_bytes(pickle.dumps(m))
+    (folder / "tst_int").write_bytes(pickle.dumps([3, None]))
+
+
 def run_cli_ok(*args):
     """``run_cli`` letting exceptions through, asserting exit code 0."""
     res = run_cli(*args, catch_exceptions=False)

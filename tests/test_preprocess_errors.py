@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from conftest import run_cli
+from conftest import run_cli, write_published_split
 
 GOOD_TAOBAO = ["1,10,5,pv,1511544070", "1,11,5,buy,1511544071", "1,12,5,buy,1511544072",
                "1,13,5,buy,1511544073", "2,10,5,cart,1511544074"]
@@ -145,14 +145,6 @@ def test_truncated_gzip(tmp_path):
     assert_clean_failure(run("preprocess", "taobao", src, "-o", out, "-q"), out, "ub.csv.gz: cannot read")
 
 
-def _published(folder: Path) -> None:
-    folder.mkdir()
-    m = sp.csr_matrix(np.array([[0, 5, 6, 0], [7, 0, 0, 8]], dtype=np.int64))
-    for name in ("view", "cart", "buy"):
-        (folder / f"trn_{name}").write_bytes(pickle.dumps(m))
-    (folder / "tst_int").write_bytes(pickle.dumps([3, None]))
-
-
 class _Evil:
     def __init__(self, marker):
         self.marker = marker
@@ -163,7 +155,7 @@ class _Evil:
 
 def test_cml_pickle_with_code_is_refused_and_never_runs(tmp_path):
     folder = tmp_path / "split"
-    _published(folder)
+    write_published_split(folder)
     marker = tmp_path / "pwned"
     (folder / "trn_cart").write_bytes(pickle.dumps(_Evil(marker)))
     out = tmp_path / "out"
@@ -190,7 +182,7 @@ def _broken_csr():
 ])
 def test_cml_pickle_wrong_contents(tmp_path, name, payload, expected):
     folder = tmp_path / "split"
-    _published(folder)
+    write_published_split(folder)
     data = payload if isinstance(payload, bytes) else pickle.dumps(payload)
     (folder / name).write_bytes(data)
     out = tmp_path / "out"
@@ -201,7 +193,7 @@ def test_cml_pickle_wrong_contents(tmp_path, name, payload, expected):
 def test_cml_pickle_missing_pieces(tmp_path):
     out = tmp_path / "out"
     folder = tmp_path / "split"
-    _published(folder)
+    write_published_split(folder)
     (folder / "tst_int").unlink()
     assert_clean_failure(run("preprocess", "cml-pickle", folder, "-o", out), out, "tst_int: no such file")
     assert_clean_failure(run("preprocess", "cml-pickle", tmp_path / "none", "-o", out), out,
@@ -213,7 +205,7 @@ def test_cml_pickle_missing_pieces(tmp_path):
 
 def test_too_few_negative_candidates_is_a_clear_error(tmp_path):
     folder = tmp_path / "split"
-    _published(folder)
+    write_published_split(folder)
     out = tmp_path / "out"
     assert_clean_failure(run("preprocess", "cml-pickle", folder, "-o", out, "-q"), out,
                          str(folder), "eligible negative items", "99 are needed")

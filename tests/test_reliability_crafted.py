@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.sparse as sp
 import torch
 
 from cml_dgl.data.dataset import FORMAT_VERSION, write_dataset
 from cml_dgl.train.checkpoint import FORMAT, VERSION
-from conftest import make_tiny_dataset
+from conftest import make_tiny_dataset, write_published_split
 from conftest import run_cli as invoke, assert_one_line_error as refused
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,14 +62,6 @@ def copy(trained, tmp_path):
 # ------------------------------------------------------------------------------ cml-pickle folders
 
 
-def _published(folder: Path) -> None:
-    folder.mkdir()
-    m = sp.csr_matrix(np.array([[0, 5, 6, 0], [7, 0, 0, 8]], dtype=np.int64))
-    for name in ("view", "cart", "buy"):
-        (folder / f"trn_{name}").write_bytes(pickle.dumps(m))
-    (folder / "tst_int").write_bytes(pickle.dumps([3, None]))
-
-
 @pytest.mark.parametrize("target,how,nest", [
     ("trn_view", "popen", "bare"),
     ("trn_buy", "exec", "in-dict"),
@@ -81,7 +72,7 @@ def _published(folder: Path) -> None:
 ])
 def test_cml_pickle_that_would_run_code_is_refused_and_never_runs(tmp_path, target, how, nest):
     folder = tmp_path / "split"
-    _published(folder)
+    write_published_split(folder)
     marker = tmp_path / "PWNED"
     payload = Touch(marker, how)
     obj = {"bare": payload, "in-dict": {"m": payload}, "in-list": [3, payload],
