@@ -331,16 +331,19 @@ class Trainer:
             obj = getattr(self, name)
             if obj is not None:
                 st[name] = obj.state_dict()
-        if self.draws is not None:
-            st.update({k: v for k, v in self.draws.state().items() if isinstance(v, torch.Tensor)})
-        return st
+        return {**st, **self._sampler_state(tensors=True)}
+
+    def _sampler_state(self, tensors: bool) -> dict[str, Any]:
+        """The sampler's generator state: tensors go into the checkpoint's state, the rest (numpy's
+        JSON state) into its info."""
+        st = self.draws.state() if self.draws is not None else {}
+        return {k: v for k, v in st.items() if isinstance(v, torch.Tensor) == tensors}
 
     def _info(self) -> dict[str, Any]:
         s = self.state
         return {"epoch": s.epoch, "best_epoch": s.best_epoch, "best_value": s.best_value,
                 "wait": s.wait, "meta_pos": self.meta_pointer.pos if self.is_cml else 0,
-                **({k: v for k, v in self.draws.state().items() if not isinstance(v, torch.Tensor)}
-                   if self.draws is not None else {}),
+                **self._sampler_state(tensors=False),
                 "config": self.cfg,
                 "id_map_checksum": self.ds.id_map_checksum(), "model": self.cfg["model"],
                 "n_users": self.ds.n_users, "n_items": self.ds.n_items,
