@@ -26,7 +26,7 @@ def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
     out = base / ("retailrocket" if valid else "retailrocket-novalid")
     if not (out / "meta.json").is_file():
         base.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "cli", "preprocess", "cml-pickle", str(src), "-o", str(out),
+        cmd = [sys.executable, "-m", "cml_dgl_cli", "preprocess", "cml-pickle", str(src), "-o", str(out),
                "--quiet", "--overwrite"] + ([] if valid else ["--no-valid"])
         subprocess.run(cmd, check=True, cwd=ROOT)
     return out

@@ -185,7 +185,7 @@ def classify(parser: str, case: dict[str, Any], workdir: Path) -> tuple[str, str
     """Run ``cml preprocess`` on the case; return (outcome, detail)."""
     from click.testing import CliRunner
 
-    from cli.main import cli
+    from cml_dgl_cli.main import cli
     from cml_dgl.data.dataset import load_dataset
     from cml_dgl.errors import CmlError
 

@@ -153,11 +153,11 @@ def check_syncs(device, work: Path) -> dict:
                     torch.cuda.set_sync_debug_mode("warn")
                 try:
                     if phase == "draw":
-                        steps = tr.draws.cml_steps()
+                        steps = tr.strategy.draws.cml_steps()
                     else:
                         sums: dict = {}
                         for step in steps[:5]:
-                            tr._cml_step(step, sums)
+                            tr.strategy.step(step, sums, tr.timer)
                 finally:
                     if cuda:
                         torch.cuda.set_sync_debug_mode("default")
@@ -166,7 +166,7 @@ def check_syncs(device, work: Path) -> dict:
             counts[phase] = len(syncs)
             if phase == "steps" and syncs:
                 res[f"{variant}_first_step_sync"] = syncs[0]
-        res[variant] = {"sampler": tr.sampler, "steps_in_epoch": len(steps), "syncs_drawing_epoch": counts["draw"],
+        res[variant] = {"sampler": tr.strategy.sampler, "steps_in_epoch": len(steps), "syncs_drawing_epoch": counts["draw"],
                         "syncs_in_5_steps": counts["steps"]}
     if cuda:
         res["ok"] = all(res[v]["syncs_in_5_steps"] == 0 for v in ("paper", "official"))
@@ -204,7 +204,7 @@ def train_epochs(ds, presets: list[str], overrides: list[str], device, epochs: i
     out = {
         "users": ds.n_users, "items": ds.n_items, "train_edges": int(sum(ds.train_counts().values())),
         "target_edges": int(ds.train_counts()[ds.behaviors[-1]]), "batch_size": cfg["batch_size"],
-        "steps_per_epoch": tr.steps_per_epoch(), "sampler": tr.sampler, "epochs": len(rows),
+        "steps_per_epoch": tr.steps_per_epoch(), "sampler": tr.strategy.sampler, "epochs": len(rows),
         "setup_seconds": round(setup_s, 2),
         "seconds_per_epoch": round(statistics.median(r["seconds"] for r in timed), 3),
         "eval_seconds_per_epoch": round(statistics.median(r["timings"].get("eval", 0.0) for r in timed), 3),
@@ -285,7 +285,7 @@ def main() -> int:
         return 2
     import torch
 
-    from cml_dgl.train.model_factory import resolve_device
+    from cml_dgl.train.devices import resolve_device
 
     device = resolve_device(args.device)
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),

@@ -42,7 +42,7 @@ PHASES = ("train", "ckpt", "eval")
 
 
 def _cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "cli", "train", *args]
+    return [sys.executable, "-m", "cml_dgl_cli", "train", *args]
 
 
 def _env(pause: str | None = None, marker: Path | None = None) -> dict[str, str]:

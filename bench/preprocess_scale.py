@@ -86,7 +86,7 @@ def run_preprocess(data: Path, out: Path) -> tuple[float, float]:
     """Run ``cml preprocess taobao`` as a child; returns (seconds, peak RSS in bytes)."""
     import psutil
 
-    cmd = [sys.executable, "-c", "from cli.main import cli; cli()", "preprocess", "taobao", str(data),
+    cmd = [sys.executable, "-c", "from cml_dgl_cli.main import cli; cli()", "preprocess", "taobao", str(data),
            "-o", str(out), "--overwrite", "--quiet"]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=Path(__file__).resolve().parents[1], stdout=subprocess.DEVNULL,

@@ -72,7 +72,7 @@ def main() -> None:
         for proto in ("paper", "honest"):
             for seed in seeds:
                 rd = args.out / "runs" / f"{re.sub('[^a-z0-9]+', '-', name.lower()).strip('-')}-{proto}-{seed}"
-                cmd = [sys.executable, "-m", "cli", "train", str(data[proto]), "-o", str(rd), "--seed", str(seed),
+                cmd = [sys.executable, "-m", "cml_dgl_cli", "train", str(data[proto]), "-o", str(rd), "--seed", str(seed),
                        "--monitor", "test" if proto == "paper" else "valid", "--quiet", "--overwrite",
                        "--backend", "torch", *extra]
                 jobs.append((name, proto, seed, rd, cmd))
@@ -86,7 +86,7 @@ def main() -> None:
             row = {"hr@10": s["best_per_metric"]["hr@10"], "ndcg@10": s["best_per_metric"]["ndcg@10"],
                    "epoch": s["best_epoch"]}
         else:
-            full = subprocess.run([sys.executable, "-m", "cli", "evaluate", str(rd), "--protocol", "full",
+            full = subprocess.run([sys.executable, "-m", "cml_dgl_cli", "evaluate", str(rd), "--protocol", "full",
                                    "-k", "10", "--json"], check=True, cwd=ROOT, capture_output=True, text=True)
             row = {**{k: s["test_at_best"][k] for k in ("hr@10", "ndcg@10")}, "epoch": s["best_epoch"],
                    "full_ndcg@10": json.loads(full.stdout)["metrics"]["ndcg@10"],

@@ -34,7 +34,7 @@ def main() -> int:
 
     from cml_dgl.data.synth import synthetic_dataset
     from cml_dgl.train import config
-    from cml_dgl.train.model_factory import resolve_device
+    from cml_dgl.train.devices import resolve_device
     from cml_dgl.train.trainer import Trainer
 
     device = resolve_device(args.device)
@@ -54,7 +54,7 @@ def main() -> int:
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 t = time.perf_counter()
-                steps = tr.draws.cml_steps()
+                steps = tr.strategy.draws.cml_steps()
                 if device.type == "cuda":
                     torch.cuda.synchronize(device)
                 best = min(best, time.perf_counter() - t)

@@ -13,7 +13,7 @@ epochs); the script prints the ratio.
 items, 1,451,219 edges over pv/fav/cart/buy; all three scaled together) with the tmall preset, each
 size in its own subprocess so that peak RSS is per size. Each size draws the full samples of one real
 CML epoch (timed as sampling), then runs only its first ``--max-steps`` steps through
-``Trainer._cml_epoch``; seconds per step is the median step after the first (warm-up) step, and
+``MetaStep.run_epoch``; seconds per step is the median step after the first (warm-up) step, and
 the epoch time is *projected* as steps per epoch x seconds per step. The summary fits
 ``s/step ~ edges^a`` and the epoch time's growth, and divides peak RSS by edges.
 """
@@ -59,7 +59,7 @@ def time_sampling(n_interactions: int = 1_000_000, repeats: int = 3) -> float:
     import numpy as np
 
     from cml_dgl.data.synth import synthetic_dataset
-    from cml_dgl.train import sampler as smp
+    from cml_dgl.train.draws import host as smp
 
     # 1M target interactions, plus auxiliary behaviors of the Tmall shape
     ds = synthetic_dataset(100_000, 100_000, int(n_interactions / 0.40),
@@ -102,10 +102,10 @@ def time_scale(scale: float, backend: str, max_steps: int, out: Path) -> dict:
     t = time.perf_counter()
     tr = Trainer(ds, cfg, out, quiet=True)
     build_s = time.perf_counter() - t
-    all_steps = tr.draws.cml_steps
-    tr.draws.cml_steps = lambda: all_steps()[:max_steps]
+    all_steps = tr.strategy.draws.cml_steps
+    tr.strategy.draws.cml_steps = lambda: all_steps()[:max_steps]
     clock = _StepClock()
-    tr._cml_epoch(clock)
+    tr.strategy.run_epoch(1, lambda: clock.update(1), tr.timer)
     steps = [b - a for a, b in zip(clock.ends, clock.ends[1:])]
     timed = steps[1:] if len(steps) > 1 else steps
     s_per_step = statistics.median(timed)
@@ -114,8 +114,8 @@ def time_scale(scale: float, backend: str, max_steps: int, out: Path) -> dict:
             "purchases": len(ds.edges(ds.n_behaviors - 1)[0]), "backend": backend,
             "s_per_step": s_per_step, "first_step_s": steps[0], "steps_timed": len(timed),
             "steps_per_epoch": n_steps, "projected_s_per_epoch": n_steps * s_per_step,
-            "sampling_s": tr.timings.get("sampling", 0.0), "build_s": build_s, "generate_s": gen_s,
-            "phases_mean_s_incl_first_step": {k: v / len(steps) for k, v in tr.timings.items() if k != "sampling"},
+            "sampling_s": tr.timer.seconds.get("sampling", 0.0), "build_s": build_s, "generate_s": gen_s,
+            "phases_mean_s_incl_first_step": {k: v / len(steps) for k, v in tr.timer.seconds.items() if k != "sampling"},
             "gen_peak_rss_gb": gen_rss, "peak_rss_gb": peak_rss_gb()}
 
 

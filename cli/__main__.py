@@ -1,5 +1,5 @@
-"""``python -m cli``: the same entry point as the ``cml`` script."""
+"""``python -m cml_dgl_cli``: the same entry point as the ``cml`` script."""
 
-from cli.main import cli
+from .main import cli
 
 cli()

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import handle_errors
-from cli.main import cli
+from .common import handle_errors
+from .main import cli
 
 
 @cli.command("demo")

@@ -6,8 +6,10 @@ import json
 
 import click
 
-from cli.common import handle_errors, parse_int_list
-from cli.main import cli
+from cml_dgl.eval.metrics import TIE_RULES
+
+from .common import handle_errors, parse_int_list
+from .main import cli
 
 
 @cli.command("evaluate")
@@ -21,7 +23,7 @@ from cli.main import cli
 @click.option("-k", "ks", default="10,20,40", show_default=True, help="Cut-offs, comma-separated.")
 @click.option("--mask", type=click.Choice(["target", "all"]), default="target", show_default=True,
               help="Full protocol: mask the user's training purchases, or every training behavior.")
-@click.option("--tie-rule", type=click.Choice(["expected", "random", "pessimistic", "optimistic"]),
+@click.option("--tie-rule", type=click.Choice(TIE_RULES),
               default="expected", show_default=True,
               help="expected: exact average over random orders of tied items (no credit for luck).")
 @click.option("--dataset", type=click.Path(), default=None, help="Dataset directory (default: the run's).")

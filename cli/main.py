@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib
+
 import click
 
 from cml_dgl import __version__
@@ -20,7 +22,7 @@ def cli() -> None:
 def _register() -> None:
     # each module adds its commands to ``cli``
     for name in ("preprocess", "train", "evaluate", "export", "demo"):
-        __import__(f"cli.{name}")
+        importlib.import_module(f".{name}", __package__)
 
 
 _register()

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import click
 
-from cli.common import handle_errors
-from cli.main import cli
+from .common import handle_errors
+from .main import cli
 from cml_dgl.data.dataset import N_NEGATIVES, load_dataset, read_meta
 from cml_dgl.data.preprocess import DEFAULT_SEED, preprocess
 from cml_dgl.data.sources import NAMES

@@ -8,9 +8,15 @@ from pathlib import Path
 import click
 import yaml
 
-from cli.common import handle_errors
-from cli.main import cli
 from cml_dgl.errors import CmlError
+from cml_dgl.graph.backends import BACKENDS
+from cml_dgl.models.cml import VARIANTS
+from cml_dgl.models.registry import MODELS
+from cml_dgl.train.config import PRESETS
+from cml_dgl.train.devices import DEVICES
+
+from .common import handle_errors
+from .main import cli
 
 SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backend", "monitor")
 
@@ -20,23 +26,23 @@ SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backen
 @click.option("-o", "--out", "run_dir", type=click.Path(path_type=Path),
               help="Run directory to create (config, metrics.jsonl, checkpoints).")
 @click.option("--preset", "presets", multiple=True,
-              type=click.Choice(["retailrocket", "ijcai15", "tmall", "official", "demo"]),
+              type=click.Choice(PRESETS),
               help="Published hyperparameters; repeatable (later wins), e.g. --preset retailrocket --preset official.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="A YAML file of config keys, over the presets.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",
               help="Override one config key (repeatable), over the file.")
-@click.option("--model", type=click.Choice(["cml", "pop", "pop-target", "mf", "lightgcn", "lightgcn-merged"]),
+@click.option("--model", type=click.Choice(MODELS),
               default=None, help="Model to train (default from config: cml).")
-@click.option("--variant", type=click.Choice(["full", "no-cl", "no-meta", "no-mke"]), default=None,
+@click.option("--variant", type=click.Choice(VARIANTS), default=None,
               help="CML ablation of the paper's Table 3 (default: full).")
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Number of epochs (config default 200).")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs without improvement of the monitored metric.")
 @click.option("--seed", type=int, default=None, help="Seed of every random draw (config default 2023).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
+@click.option("--device", type=click.Choice(DEVICES), default=None,
               help="auto: CUDA when torch sees a GPU, else CPU.")
-@click.option("--backend", type=click.Choice(["auto", "dgl", "torch"]), default=None,
+@click.option("--backend", type=click.Choice(BACKENDS), default=None,
               help="Message passing: DGL HeteroGraphConv (CPU) or pure torch (any device); auto picks DGL on CPU when it imports.")
 @click.option("--monitor", type=click.Choice(["valid", "test"]), default=None,
               help="Select the best epoch on the validation split (honest) or on the test split (the paper's way; the run is marked test-selected).")

@@ -25,7 +25,7 @@ def meta_contrastive_weights(run: LoadedRun, chunk: int = 1024, seed: int = 0) -
     """
     from cml_dgl.models.losses import contrastive_loss
 
-    if run.meta is None or run.cfg["model"] != "cml":
+    if run.meta is None or not run.model.has_behavior_views:
         return {}
     out = run.model(item_behavior=False)
     K = run.ds.n_behaviors
@@ -76,7 +76,7 @@ def export_embeddings(run: LoadedRun, out: str | Path, fmt: str = "npy", per_beh
     ds = run.ds
     with torch.no_grad():
         run.model.eval()
-        if per_behavior and run.cfg["model"] != "cml":
+        if per_behavior and not run.model.has_behavior_views:
             raise CmlError("--per-behavior needs a CML run (baselines have no behavior-specific embeddings)")
         o = run.model() if per_behavior else None
         user, item = (o.user, o.item) if o is not None else run.model.embeddings()

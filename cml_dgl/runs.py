@@ -13,9 +13,10 @@ from torch import nn
 
 from cml_dgl.data.dataset import Dataset, load_dataset
 from cml_dgl.errors import CmlError
+from cml_dgl.models import registry
+from cml_dgl.models.base import Recommender
 from cml_dgl.train.checkpoint import load_checkpoint
 from cml_dgl.train.config import resolve
-from cml_dgl.train.model_factory import build_model
 
 
 @dataclass
@@ -23,7 +24,7 @@ class LoadedRun:
     run_dir: Path
     cfg: dict[str, Any]
     ds: Dataset
-    model: nn.Module
+    model: Recommender
     meta: nn.Module | None
     checkpoint: Path
     info: dict[str, Any]
@@ -32,6 +33,18 @@ class LoadedRun:
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         self.model.eval()
         return self.model.embeddings()
+
+
+def _loading_backend(trained_with: str, device: str) -> str:
+    """The backend that scores a run exactly as trained: its own on the CPU (DGL only where it
+    imports, else torch, the same sums in another order), torch on any other device."""
+    if device != "cpu":
+        return "torch"
+    if trained_with == "dgl":
+        from cml_dgl.graph.backends import _dgl_unavailable_reason
+
+        return "dgl" if _dgl_unavailable_reason() is None else "torch"
+    return trained_with
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
@@ -59,7 +72,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
         recorded = json.loads((rd / "run.json").read_text()).get("dataset")
     except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
         raise CmlError(f"{rd}: unreadable run files ({e})") from None
-    cfg = resolve(base=saved, overrides=[f"device={device}", "backend=torch" if device != "cpu" else "backend=auto"])
+    cfg = resolve(base=saved, overrides=[f"device={device}"])
+    cfg["backend"] = _loading_backend(cfg["backend"], device)
     ds_path = dataset or recorded
     if not ds_path:
         raise CmlError(f"{rd}/run.json records no dataset; pass --dataset")
@@ -68,7 +82,8 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
     if info.get("id_map_checksum") != ds.id_map_checksum():
         raise CmlError(f"{ckpt}: trained on another dataset than {ds.path or ds_path} (id-map checksum differs)")
     dev = torch.device(device)
-    model, meta = build_model(ds, cfg, dev)
+    model = registry.build(ds, cfg, dev)
+    meta = getattr(model, "meta", None)
     model.load_state_dict(state["model"])
     if meta is not None and "meta" in state:
         meta.load_state_dict(state["meta"])

@@ -75,7 +75,7 @@ def tiny_dataset() -> Dataset:
 
 def run_cli(*args, catch_exceptions: bool = True):
     """Invoke ``cml`` in-process, with stderr kept apart from stdout."""
-    from cli.main import cli
+    from cml_dgl_cli.main import cli
 
     try:
         runner = CliRunner(mix_stderr=False)

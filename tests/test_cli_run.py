@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 from cml_dgl.data.dataset import write_dataset
 from cml_dgl.runs import load_run
 from conftest import make_tiny_dataset

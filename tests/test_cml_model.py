@@ -9,6 +9,7 @@ import torch
 from cml_dgl.errors import CmlError
 from cml_dgl.graph import build_propagator, propagator_for_dataset
 from cml_dgl.models import CML
+from cml_dgl.models.base import score_rows
 
 
 def _model(ds, activation="prelu", norm="sym", dim=6, n_layers=3, seed=0):
@@ -30,10 +31,10 @@ def test_shapes_and_fused_embeddings(tiny_dataset):
     assert "propagator" not in dict(model.named_modules()) and not any("prop" in k for k in model.state_dict())
     users = torch.tensor([0, 3])
     cands = torch.tensor([[1, 2, 5], [0, 4, 7]])
-    s = CML.score(user, item, users, cands)
+    s = score_rows(user, item, users, cands)
     assert s.shape == (2, 3)
     assert torch.allclose(s[1, 2], user[3] @ item[7])
-    assert torch.allclose(CML.score(user, item, users, cands[:, 0]), s[:, 0])
+    assert torch.allclose(score_rows(user, item, users, cands[:, 0]), s[:, 0])
 
 
 def _dense_forward(model, ds, norm):
@@ -130,7 +131,7 @@ def test_items_without_edges_share_one_embedding(activation):
     user, item = model.embeddings()
     torch.testing.assert_close(item[8], item[9])
     assert not torch.allclose(item[8], item[0])
-    s = CML.score(user, item, torch.tensor([0, 0]), torch.tensor([8, 9]))
+    s = score_rows(user, item, torch.tensor([0, 0]), torch.tensor([8, 9]))
     assert s[0] == s[1]
 
 

@@ -4,7 +4,7 @@ import json
 
 from click.testing import CliRunner
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 
 
 def test_demo_runs_the_pipeline_and_cml_wins(tmp_path):

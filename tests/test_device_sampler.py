@@ -12,11 +12,11 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 from cml_dgl.data.dataset import write_dataset
-from cml_dgl.train import batches, config
-from cml_dgl.train import sampler as smp
-from cml_dgl.train.device_sampler import DeviceDraws, TorchEdgeIndex
+from cml_dgl.train import config, draws
+from cml_dgl.train.draws import host as smp
+from cml_dgl.train.draws.device import DeviceDraws, TorchEdgeIndex
 from cml_dgl.train.trainer import Trainer
 from conftest import make_tiny_dataset
 
@@ -47,11 +47,11 @@ def _trainer(ds, tmp_path, *sets):
 
 
 def test_auto_sampler_is_the_device_on_a_gpu_and_the_host_on_a_cpu():
-    assert batches.resolve_sampler("auto", torch.device("cuda")) == "device"
-    assert batches.resolve_sampler("auto", CPU) == "host"
-    assert batches.resolve_sampler("device", CPU) == "device"
+    assert draws.resolve_sampler("auto", torch.device("cuda")) == "device"
+    assert draws.resolve_sampler("auto", CPU) == "host"
+    assert draws.resolve_sampler("device", CPU) == "device"
     with pytest.raises(Exception, match="unknown sampler"):
-        batches.resolve_sampler("gpu", CPU)
+        draws.resolve_sampler("gpu", CPU)
 
 
 def test_torch_edge_index_matches_the_host_one(sparse_ds):
@@ -87,11 +87,11 @@ def test_device_draws_are_uniform():
 def test_an_epoch_of_device_draws_follows_the_host_rules(sparse_ds, tmp_path):
     ds = sparse_ds
     tr = _trainer(ds, tmp_path, "meta_cl_all_users=false")
-    assert isinstance(tr.draws, DeviceDraws)
+    assert isinstance(tr.strategy.draws, DeviceDraws)
     K, B, ratio = ds.n_behaviors, tr.cfg["batch_size"], tr.cfg["cl_sample_ratio"]
     dense = [_dense(ds, k) for k in range(K)]
-    pointer = smp.MetaPointer(tr.meta_pointer.users, tr.cfg["meta_batch"])
-    steps = tr.draws.cml_steps()
+    pointer = smp.MetaPointer(tr.strategy.meta_pointer.users, tr.cfg["meta_batch"])
+    steps = tr.strategy.draws.cml_steps()
     tu, ti = ds.edges(K - 1)
     assert len(steps) == -(-len(tu) // B) > 2
     seen_target, kept = [], np.zeros(K, dtype=int)
@@ -121,13 +121,13 @@ def test_an_epoch_of_device_draws_follows_the_host_rules(sparse_ds, tmp_path):
     assert sorted(seen_target) == sorted(zip(tu.tolist(), ti.tolist())), "each purchase once per epoch"
     for k in range(K - 1):  # a row is dropped exactly where its user has no behavior-k edge
         assert kept[k] == dense[k].any(1)[tu].sum()
-    assert tr.meta_pointer.pos == pointer.pos
+    assert tr.strategy.meta_pointer.pos == pointer.pos
 
 
 def test_device_draws_depend_on_the_seed_only(sparse_ds, tmp_path):
     def flat(tr):
         out = []
-        for step in tr.draws.cml_steps():
+        for step in tr.strategy.draws.cml_steps():
             out += [x.tolist() for t in step.triples + step.meta_triples for x in (t.users, t.pos, t.neg)]
             out += [step.cl_clone.tolist(), step.cl_main.tolist(), step.cl_meta.tolist()]
         return out
@@ -139,7 +139,7 @@ def test_device_draws_depend_on_the_seed_only(sparse_ds, tmp_path):
 
 def test_pair_draws_cover_every_edge_once(sparse_ds, tmp_path):
     tr = _trainer(sparse_ds, tmp_path, "model=mf")
-    t = tr.draws.pair_triples()
+    t = tr.strategy.draws.pair_triples()
     u, i = sparse_ds.edges(sparse_ds.n_behaviors - 1)
     assert sorted(zip(t.users.tolist(), t.pos.tolist())) == sorted(zip(u.tolist(), i.tolist()))
     assert not _dense(sparse_ds, sparse_ds.n_behaviors - 1)[t.users, t.neg].any()
@@ -172,13 +172,14 @@ def test_device_sampled_training_is_reproducible_and_resumes_exactly(tmp_path, m
 def test_a_gpu_sampled_run_resumes_on_a_cpu_with_a_fresh_stream(tmp_path, monkeypatch, capsys):
     """sampler=auto draws on the device on a GPU and on the host on a CPU: a GPU run resumed with
     --device cpu cannot continue the device stream, so it warns and re-seeds (deterministically)."""
-    from cml_dgl.train import trainer as trainer_mod
+    from cml_dgl.train import strategies
+    from cml_dgl.train.draws import factory
 
     d = tmp_path / "ds"
     write_dataset(make_tiny_dataset(n_users=40, n_items=60, seed=3), d)
     as_on_gpu = lambda name, device: "device"  # noqa: E731
-    monkeypatch.setattr(trainer_mod, "resolve_sampler", as_on_gpu)
-    monkeypatch.setattr(batches, "resolve_sampler", as_on_gpu)
+    monkeypatch.setattr(strategies, "resolve_sampler", as_on_gpu)
+    monkeypatch.setattr(factory, "resolve_sampler", as_on_gpu)
     run = tmp_path / "run"
     res = CliRunner().invoke(cli, ["train", str(d), "-o", str(run), "--epochs", "1", "--backend", "torch",
                                    "--device", "cpu", *FAST])
@@ -197,5 +198,5 @@ def test_a_gpu_sampled_run_resumes_on_a_cpu_with_a_fresh_stream(tmp_path, monkey
         losses.append(rows[1]["losses"])
     assert losses[0] == losses[1]
     tr = _trainer(make_tiny_dataset(), tmp_path)
-    assert not tr.draws.load_state({"sampler_rng": torch.zeros(16, dtype=torch.uint8)})  # a CUDA state
-    assert tr.draws.load_state(tr.draws.state())
+    assert not tr.strategy.draws.load_state({"sampler_rng": torch.zeros(16, dtype=torch.uint8)})  # a CUDA state
+    assert tr.strategy.draws.load_state(tr.strategy.draws.state())

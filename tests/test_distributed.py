@@ -51,7 +51,7 @@ def _one_step(ds_dir: Path, run_dir: Path, overrides: list[str], ctx: DistContex
     assert tr.steps_per_epoch() == 1
     tr.fit()
     out = {}
-    for name, module in (("model", tr.model), ("meta", tr.meta)):
+    for name, module in (("model", tr.model), ("meta", tr.strategy.meta)):
         if module is None:
             continue
         out[name] = {k: p.detach().clone() for k, p in module.named_parameters()}
@@ -138,7 +138,7 @@ def test_torchrun_cli_two_processes(ds_dir, tmp_path):
     logs = tmp_path / "logs"
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")
     proc = subprocess.run([torchrun, "--standalone", "--nproc_per_node", str(WORLD), "--redirects", "3",
-                           "--log_dir", str(logs), "-m", "cli", *args, "-o", str(tmp_path / "dist")],
+                           "--log_dir", str(logs), "-m", "cml_dgl_cli", *args, "-o", str(tmp_path / "dist")],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = {r: (next(logs.rglob(f"attempt_0/{r}/stdout.log")).read_text(),
@@ -148,7 +148,7 @@ def test_torchrun_cli_two_processes(ds_dir, tmp_path):
     lines = [json.loads(x) for x in out[0][0].splitlines()]
     assert [r.get("epoch") for r in lines[:2]] == [1, 2] and lines[2]["run_dir"] == str(tmp_path / "dist")
 
-    single = subprocess.run([sys.executable, "-m", "cli", *args, "--quiet", "-o", str(tmp_path / "one")],
+    single = subprocess.run([sys.executable, "-m", "cml_dgl_cli", *args, "--quiet", "-o", str(tmp_path / "one")],
                             cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert single.returncode == 0, single.stderr[-3000:]
     rows = {name: [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]

@@ -18,13 +18,13 @@ import yaml
 from click.testing import CliRunner
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 from cml_dgl.data.dataset import load_dataset, write_dataset
 from cml_dgl.errors import CmlError
-from cml_dgl.train import batches, config
-from cml_dgl.train import sampler as smp
+from cml_dgl.train import config
+from cml_dgl.train.draws import host as smp
 from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
-from cml_dgl.train.model_factory import resolve_device
+from cml_dgl.train.devices import resolve_device
 from cml_dgl.train.trainer import Trainer
 from conftest import make_tiny_dataset
 
@@ -72,7 +72,7 @@ def test_dgl_backend_on_cuda_is_a_clear_error(ds_dir, tmp_path, monkeypatch, dev
 
 # ---------------------------------------------------------------- device batching
 def test_index_pack_moves_once_and_returns_views():
-    pack = batches.IndexPack()
+    pack = smp.IndexPack()
     arrays = [np.arange(5), np.zeros(0, dtype=np.int32), np.array([7, -1, 3])]
     handles = [pack.add(a) for a in arrays]
     tri = pack.add_triples(smp.Triples(np.array([1, 2]), np.array([3, 4]), np.array([5, 6])))
@@ -89,14 +89,14 @@ def test_index_pack_moves_once_and_returns_views():
 def test_epoch_draws_equal_step_by_step_draws(ds_dir, tmp_path):
     """Drawing the whole epoch up front consumes the generator exactly as the per-step loop did."""
     tr = _trainer(ds_dir, tmp_path, "meta_cl_all_users=false")
-    draws = tr.draws
-    assert isinstance(draws, batches.HostDraws), "the CPU default is the host (numpy) stream"
+    draws = tr.strategy.draws
+    assert isinstance(draws, smp.HostDraws), "the CPU default is the host (numpy) stream"
     state = draws.rng.bit_generator.state
     steps = draws.cml_steps()
     rng = np.random.default_rng()
     rng.bit_generator.state = state
     samples = smp.cml_epoch_samples(tr.ds, draws.index, rng)
-    pointer = smp.MetaPointer(tr.meta_pointer.users, tr.cfg["meta_batch"])
+    pointer = smp.MetaPointer(tr.strategy.meta_pointer.users, tr.cfg["meta_batch"])
     B, ratio, K = tr.cfg["batch_size"], tr.cfg["cl_sample_ratio"], tr.ds.n_behaviors
     assert len(steps) == -(-len(samples) // B) > 1
     for j, step in enumerate(steps):
@@ -119,7 +119,7 @@ def test_epoch_draws_equal_step_by_step_draws(ds_dir, tmp_path):
 def test_one_transfer_and_one_host_sync_per_epoch(ds_dir, tmp_path, monkeypatch, model):
     tr = _trainer(ds_dir, tmp_path, f"model={model}")
     calls = {"to": 0, "tolist": 0, "float": 0}
-    real_to, real_tolist, real_float = batches.IndexPack.to, torch.Tensor.tolist, torch.Tensor.__float__
+    real_to, real_tolist, real_float = smp.IndexPack.to, torch.Tensor.tolist, torch.Tensor.__float__
 
     def counted(name, fn):
         def wrapper(*a, **kw):
@@ -127,13 +127,13 @@ def test_one_transfer_and_one_host_sync_per_epoch(ds_dir, tmp_path, monkeypatch,
             return fn(*a, **kw)
         return wrapper
 
-    monkeypatch.setattr(batches.IndexPack, "to", counted("to", real_to))
+    monkeypatch.setattr(smp.IndexPack, "to", counted("to", real_to))
     monkeypatch.setattr(torch.Tensor, "tolist", counted("tolist", real_tolist))
     monkeypatch.setattr(torch.Tensor, "__float__", counted("float", real_float))
     from tqdm import tqdm
 
     with tqdm(disable=True) as bar:
-        losses = tr._cml_epoch(bar) if model == "cml" else tr._pair_epoch(bar)
+        losses = tr.strategy.run_epoch(1, lambda: bar.update(1), tr.timer)
     assert tr.steps_per_epoch() > 1
     assert calls == {"to": 1, "tolist": 1, "float": 0}, calls
     assert losses and all(np.isfinite(v) for v in losses.values())
@@ -173,11 +173,11 @@ class SyncProbe(TorchDispatchMode):
                                   ("activation=sigmoid", "norm=none")])
 def test_a_training_step_never_waits_for_the_device(ds_dir, tmp_path, sampler, sets):
     tr = _trainer(ds_dir, tmp_path, f"sampler={sampler}", *sets)
-    steps = tr.draws.cml_steps()
+    steps = tr.strategy.draws.cml_steps()
     sums: dict = {}
     for step in steps[:2]:
         with SyncProbe() as probe:
-            tr._cml_step(step, sums)
+            tr.strategy.step(step, sums, tr.timer)
         assert probe.syncs == [], probe.syncs
     assert set(sums) >= {"total", "bpr", "reg"}
 
@@ -198,7 +198,7 @@ def test_device_sampling_syncs_per_epoch_not_per_step(ds_dir, tmp_path):
     for B in (2, 64):
         tr = _trainer(ds_dir, tmp_path, "sampler=device", f"batch_size={B}")
         with SyncProbe() as probe:
-            steps = tr.draws.cml_steps()
+            steps = tr.strategy.draws.cml_steps()
         counts[B] = (len(probe.syncs), len(steps))
     (many, n_many), (few, n_few) = counts[2], counts[64]
     assert n_many >= 8 * n_few and n_many > 100
@@ -210,10 +210,10 @@ def test_a_baseline_epoch_syncs_only_to_draw(ds_dir, tmp_path, sampler):
     from tqdm import tqdm
 
     tr = _trainer(ds_dir, tmp_path, "model=mf", f"sampler={sampler}")
-    triples = tr.draws.pair_triples()
-    tr.draws.pair_triples = lambda: triples
+    triples = tr.strategy.draws.pair_triples()
+    tr.strategy.draws.pair_triples = lambda: triples
     with SyncProbe() as probe, tqdm(disable=True) as bar:
-        tr._pair_epoch(bar)
+        tr.strategy.run_epoch(1, lambda: bar.update(1), tr.timer)
     assert tr.steps_per_epoch() > 1 and probe.syncs == [], probe.syncs
 
 
@@ -261,7 +261,7 @@ class _Absent:
             raise ModuleNotFoundError(f"No module named {name!r} (blocked by test)", name=name)
 sys.meta_path.insert(0, _Absent())
 sys.argv = ["cml"] + sys.argv[1:]
-from cli.main import cli
+from cml_dgl_cli.main import cli
 try:
     cli()
 finally:
@@ -293,7 +293,7 @@ def test_cuda_training_keeps_everything_on_the_device(ds_dir, tmp_path):
                                     "meta_samples=4", "epochs=2"])
     tr = Trainer(load_dataset(ds_dir), cfg, tmp_path / "run", quiet=True)
     assert tr.model.propagator.backend == "torch" and tr.model.propagator.device.type == "cuda"
-    assert all(p.device.type == "cuda" for p in list(tr.model.parameters()) + list(tr.meta.parameters()))
+    assert all(p.device.type == "cuda" for p in list(tr.model.parameters()) + list(tr.strategy.meta.parameters()))
     tr.prepare_run_dir()
     summary = tr.fit()
     assert summary["epochs_run"] == 2
@@ -306,18 +306,19 @@ def test_objective_gradient_is_deterministic_on_large_batches(ds_dir, tmp_path):
     """Row gathers of tens of thousands of rows: their backward must add in a fixed order (the
     backward of ``x[index]`` is multi-threaded on the CPU and varied in the last bits)."""
     from cml_dgl.models.cml import CMLOutput
+    from cml_dgl.models.cml_loss import CMLBatch
 
     tr = _trainer(ds_dir, tmp_path, "variant=no-meta")
     K, U, I, n = tr.ds.n_behaviors, 3_000, 5_000, 60_000
     g = torch.Generator().manual_seed(0)
     leaves = [torch.randn(U, 16, generator=g), torch.randn(I, 16, generator=g), torch.randn(K, U, 16, generator=g)]
-    trip = [batches.DeviceTriples(torch.randint(0, U, (n,), generator=g), torch.randint(0, I, (n,), generator=g),
+    trip = [smp.DeviceTriples(torch.randint(0, U, (n,), generator=g), torch.randint(0, I, (n,), generator=g),
                                   torch.randint(0, I, (n,), generator=g)) for _ in range(K)]
     cl = torch.randint(0, U, (1_500,), generator=g)
     grads = []
     for _ in range(4):
         ts = [x.clone().requires_grad_() for x in leaves]
-        obj, _ = tr._objective(CMLOutput(ts[0], ts[1], ts[2], ts[1].new_empty(0)), trip, cl, "none")
+        obj, _ = tr.model.objective(CMLOutput(ts[0], ts[1], ts[2], ts[1].new_empty(0)), CMLBatch(trip, cl, "none"))
         obj.backward()
         grads.append([t.grad for t in ts])
     for other in grads[1:]:

@@ -27,6 +27,7 @@ import cml_dgl
 from cml_dgl.errors import CmlError
 from cml_dgl.graph import build_propagator, resolve_backend
 from cml_dgl.models import CML, MetaWeightNet, bpr_loss, contrastive_loss
+from cml_dgl.models.base import score_rows
 
 assert resolve_backend("auto", "cpu") == "torch"
 edges = [(np.array([0, 1, 2, 2]), np.array([0, 1, 1, 3])), (np.array([0, 2]), np.array([2, 3]))]
@@ -36,8 +37,8 @@ model = CML(3, 4, 2, prop, dim=4, n_layers=2)
 meta = MetaWeightNet(dim=4)
 out = model()
 users = torch.tensor([0, 2])
-pos = CML.score(out.user, out.item, users, torch.tensor([0, 3]))
-neg = CML.score(out.user, out.item, users, torch.tensor([3, 0]))
+pos = score_rows(out.user, out.item, users, torch.tensor([0, 3]))
+neg = score_rows(out.user, out.item, users, torch.tensor([3, 0]))
 l_bpr = bpr_loss(pos, neg)
 l_cl = contrastive_loss(out.user_beh[-1, users], out.user_beh[0, users], temperature=0.5)
 w = meta.bpr_weights(l_bpr, out.user[users], out.user_beh[1, users], 1)

@@ -214,7 +214,7 @@ def test_too_few_negative_candidates_is_a_clear_error(tmp_path):
 def test_bad_input_through_the_installed_command_has_no_traceback(tmp_path):
     src = taobao_with(tmp_path, 2, "1,10,5,pv,later")
     out = tmp_path / "out"
-    res = subprocess.run([sys.executable, "-c", "from cli.main import cli; cli()", "preprocess", "taobao",
+    res = subprocess.run([sys.executable, "-c", "from cml_dgl_cli.main import cli; cli()", "preprocess", "taobao",
                           str(src), "-o", str(out)], capture_output=True, text=True,
                          cwd=Path(__file__).resolve().parents[1])
     assert res.returncode == 2

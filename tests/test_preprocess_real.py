@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 from cml_dgl.data import safe_pickle
 from cml_dgl.data.dataset import load_dataset
 

@@ -92,7 +92,7 @@ def test_bad_value_next_to_an_empty_field_gives_no_warning_lines(tmp_path):
     """pandas warned "invalid value encountered in cast" on stderr before the error line."""
     src = tmp_path / "w.csv"
     src.write_text("user,item,behavior,timestamp\n4,4,buy,2.5\n5,4,buy,\n")
-    res = subprocess.run([sys.executable, "-m", "cli", "preprocess", "csv", str(src), "-o",
+    res = subprocess.run([sys.executable, "-m", "cml_dgl_cli", "preprocess", "csv", str(src), "-o",
                           str(tmp_path / "out"), "-q", "--behaviors", "view,buy"],
                          capture_output=True, text=True, cwd=REPO)
     assert res.returncode == 2

@@ -11,7 +11,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 from cml_dgl.data.dataset import load_dataset, write_dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.train import config as config_mod

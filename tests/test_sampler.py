@@ -1,6 +1,6 @@
 import numpy as np
 
-from cml_dgl.train import sampler as smp
+from cml_dgl.train.draws import host as smp
 
 
 def test_edge_index_contains_and_neighbors(tiny_dataset):

@@ -7,7 +7,7 @@ import pytest
 import torch
 from click.testing import CliRunner
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 from cml_dgl.data.dataset import write_dataset
 from cml_dgl.train.checkpoint import load_checkpoint
 from conftest import make_tiny_dataset

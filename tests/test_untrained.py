@@ -4,7 +4,7 @@ import numpy as np
 import torch
 from click.testing import CliRunner
 
-from cli.main import cli
+from cml_dgl_cli.main import cli
 from cml_dgl.data.dataset import Dataset, load_dataset
 from cml_dgl.eval.evaluate import evaluate
 from cml_dgl.graph.backends import propagator_for_dataset

@@ -26,14 +26,21 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from cml_dgl.errors import CmlError
-from cml_dgl.graph.backends import Propagator, same_device
+from cml_dgl.graph.backends import Propagator, propagator_for_dataset, same_device
+from cml_dgl.models.base import Recommender
+from cml_dgl.models.cml_loss import CMLBatch, CMLObjective
+from cml_dgl.models.meta import MetaWeightNet
 
 ACTIVATIONS = ("prelu", "sigmoid")
+#: the paper's Table 3 ablations: full model, without the contrastive loss, without the meta
+#: network (every weight 1), without the meta-knowledge encoder
+VARIANTS = ("full", "no-cl", "no-meta", "no-mke")
 
 
 @dataclass
@@ -46,14 +53,21 @@ class CMLOutput:
     item_beh: Tensor
 
 
-class CML(nn.Module):
+class CML(Recommender):
     """CML encoder; see the module docstring for the equations.
 
     Parameters: E_u, E_i (Xavier uniform); per layer W_u^l, W_i^l (d × d, Xavier, shared by the fused
     and every behavior-specific path); per layer one single-parameter PReLU per side (only with
     ``activation="prelu"``); readout C_u, C_i (L·d × d, Xavier). The propagator is a plain
     attribute: it is neither a submodule nor in the ``state_dict``, and :meth:`clone` shares it.
+
+    Built by :meth:`from_config`, the model also holds its training objective
+    (:class:`~cml_dgl.models.cml_loss.CMLObjective`, :meth:`loss`) and the meta weight network
+    ``meta`` (Eq. 4-6; None for the no-meta variant), both plain attributes shared by clones; the
+    meta network's parameters are trained and saved apart from the encoder's.
     """
+
+    has_behavior_views = True
 
     def __init__(self, n_users: int, n_items: int, n_behaviors: int, propagator: Propagator, dim: int = 16,
                  n_layers: int = 3, activation: str = "prelu"):
@@ -69,6 +83,8 @@ class CML(nn.Module):
         self.n_users, self.n_items, self.n_behaviors = n_users, n_items, n_behaviors
         self.dim, self.n_layers, self.activation = dim, n_layers, activation
         object.__setattr__(self, "propagator", propagator)  # never registered as a submodule
+        object.__setattr__(self, "meta", None)
+        object.__setattr__(self, "objective", None)
         self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_users, dim)))
         self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_items, dim)))
         self.user_w = nn.ParameterList(
@@ -80,6 +96,33 @@ class CML(nn.Module):
             self.item_act = nn.ModuleList([nn.PReLU(1) for _ in range(n_layers)])
         self.user_readout = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_layers * dim, dim)))
         self.item_readout = nn.Parameter(nn.init.xavier_uniform_(torch.empty(n_layers * dim, dim)))
+
+    @classmethod
+    def from_config(cls, ds: Any, cfg: dict[str, Any], device: torch.device) -> "CML":
+        """The encoder of config keys ``dim, n_layers, activation, norm, backend``, its meta
+        network (``meta_*`` keys, unless ``variant: no-meta``) and its objective."""
+        prop = propagator_for_dataset(ds, backend=cfg["backend"], norm=cfg["norm"], device=device)
+        model = cls(ds.n_users, ds.n_items, ds.n_behaviors, prop, dim=cfg["dim"],
+                    n_layers=cfg["n_layers"], activation=cfg["activation"]).to(device)
+        meta = None
+        if cfg["variant"] != "no-meta":
+            meta = MetaWeightNet(dim=cfg["dim"], dropout=cfg["meta_dropout"], gamma=cfg["meta_gamma"],
+                                 halve_bpr=cfg["meta_halve_bpr"], mke=cfg["variant"] != "no-mke",
+                                 n_behaviors=ds.n_behaviors,
+                                 detach_loss=cfg["meta_detach_loss"]).to(device)
+        model.attach(CMLObjective(cfg, ds.n_behaviors, meta))
+        return model
+
+    def attach(self, objective: CMLObjective) -> None:
+        """Set the training objective (and with it the meta network) that :meth:`loss` uses."""
+        object.__setattr__(self, "objective", objective)
+        object.__setattr__(self, "meta", objective.meta)
+
+    def loss(self, batch: CMLBatch) -> tuple[Tensor, dict[str, Tensor]]:
+        """The objective of one batch on this encoder's output (see :mod:`cml_dgl.models.cml_loss`)."""
+        if self.objective is None:
+            raise CmlError("this CML model has no objective; build it with CML.from_config or attach one")
+        return self.objective(self(item_behavior=False), batch)
 
     def _act(self, side: str, layer: int, x: Tensor) -> Tensor:
         if self.activation == "sigmoid":
@@ -128,20 +171,13 @@ class CML(nn.Module):
         return out.user, out.item
 
     def clone(self) -> "CML":
-        """An independent copy of the parameters (no RNG draws), sharing this model's propagator."""
-        new = copy.deepcopy(self, memo={id(self.propagator): self.propagator})
+        """An independent copy of the parameters (no RNG draws), sharing this model's propagator,
+        objective and meta network."""
+        shared = (self.propagator, self.meta, self.objective)
+        new = copy.deepcopy(self, memo={id(x): x for x in shared if x is not None})
         for p in new.parameters():
             p.grad = None
         return new
-
-    @staticmethod
-    def score(user_emb: Tensor, item_emb: Tensor, users: Tensor, items: Tensor) -> Tensor:
-        """:math:`\\langle Z_u[u], Z_i[i] \\rangle`; ``users`` (n,) with ``items`` (n,) or (n, m) candidates."""
-        u = user_emb[users]
-        i = item_emb[items]
-        if i.dim() == u.dim() + 1:
-            u = u.unsqueeze(-2)
-        return (u * i).sum(-1)
 
     def extra_repr(self) -> str:
         return (f"users={self.n_users}, items={self.n_items}, behaviors={self.n_behaviors}, dim={self.dim}, "

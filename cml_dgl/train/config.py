@@ -1,8 +1,11 @@
-"""Layered run configuration: defaults < presets < a user YAML file < ``--set key=value``.
+"""Layered run configuration: defaults < the model's defaults < presets < a user YAML file <
+``--set key=value``.
 
-Every key has a default in ``presets/defaults.yaml``; a later layer may only set known keys, with a
-value of the default's type (an int where a float is expected is accepted). The resolved config is
-saved as ``config.yaml`` in the run directory.
+Every key has a default in ``presets/defaults.yaml``; the model's registry entry may set some of
+them (:mod:`cml_dgl.models.registry`); a later layer may only set known keys, with a value of the
+default's type (an int where a float is expected is accepted). The resolved config is saved as
+``config.yaml`` in the run directory. The admissible values of each choice key come from the
+module that defines them (:data:`CHOICES`).
 """
 
 from __future__ import annotations
@@ -14,22 +17,29 @@ from typing import Any, Iterable
 import yaml
 
 from cml_dgl.errors import CmlError
+from cml_dgl.eval.metrics import TIE_RULES
+from cml_dgl.graph.backends import BACKENDS, NORMS
+from cml_dgl.models import losses
+from cml_dgl.models.cml import ACTIVATIONS, VARIANTS
+from cml_dgl.models.registry import MODELS, REGISTRY
+from cml_dgl.train.devices import DEVICES
+from cml_dgl.train.draws.factory import SAMPLERS
 
 PRESETS = ("retailrocket", "ijcai15", "tmall", "official", "demo")
 CHOICES: dict[str, tuple[str, ...]] = {
-    "model": ("cml", "pop", "pop-target", "mf", "lightgcn", "lightgcn-merged"),
-    "variant": ("full", "no-cl", "no-meta", "no-mke"),
-    "backend": ("auto", "dgl", "torch"),
-    "device": ("auto", "cpu", "cuda"),
-    "sampler": ("auto", "host", "device"),
-    "activation": ("prelu", "sigmoid"),
-    "norm": ("sym", "none"),
+    "model": MODELS,
+    "variant": VARIANTS,
+    "backend": BACKENDS,
+    "device": DEVICES,
+    "sampler": SAMPLERS,
+    "activation": ACTIVATIONS,
+    "norm": tuple(NORMS),
     "meta_optimizer": ("adamw", "sgd"),
-    "cl_variant": ("paper", "official"),
-    "cl_similarity": ("dot", "cosine"),
+    "cl_variant": losses.VARIANTS,
+    "cl_similarity": losses.SIMILARITIES,
     "monitor": ("valid", "test"),
     "monitor_metric": ("ndcg@10", "hr@10"),
-    "tie_rule": ("expected", "random", "pessimistic", "optimistic"),
+    "tie_rule": TIE_RULES,
     "meta_users": ("auto", "rule"),
 }
 POSITIVE = ("dim", "batch_size", "meta_batch", "meta_samples", "cl_chunk", "opt_step_up",
@@ -125,20 +135,25 @@ def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
     ``base`` (a saved run's config) replaces the defaults layer when resuming.
     """
     cfg = defaults()
-    if base is not None:
-        _apply(cfg, base, "saved config")
-    for name in presets:
-        _apply(cfg, preset(name), f"preset {name}")
+    layers: list[tuple[dict[str, Any], str]] = [(base, "saved config")] if base is not None else []
+    layers += [(preset(name), f"preset {name}") for name in presets]
     if config_file is not None:
         path = Path(config_file)
         try:
             text = path.read_text()
         except OSError as e:
             raise CmlError(f"{path}: cannot read config file ({e.strerror})") from None
-        _apply(cfg, _read_yaml(text, str(path)), str(path))
+        layers.append((_read_yaml(text, str(path)), str(path)))
     for item in overrides:
         key, value = parse_set(item)
-        _apply(cfg, {key: value}, f"--set {item}")
+        layers.append(({key: value}, f"--set {item}"))
+    model = cfg["model"]
+    for layer, _ in layers:
+        model = layer.get("model", model)
+    if base is None and model in REGISTRY:
+        _apply(cfg, dict(REGISTRY[model].defaults), f"model {model} defaults")
+    for layer, where in layers:
+        _apply(cfg, layer, where)
     if cfg["opt_max_lr"] < cfg["opt_base_lr"] or cfg["meta_opt_max_lr"] < cfg["meta_opt_base_lr"]:
         raise CmlError("config: *_max_lr must be at least *_base_lr")
     k = int(cfg["monitor_metric"].split("@")[1])

@@ -127,7 +127,7 @@ def init_from_env(device: str) -> DistContext:
     (NCCL on CUDA, Gloo on the CPU; rendezvous from ``MASTER_ADDR``/``MASTER_PORT``) and the device
     is ``cuda:LOCAL_RANK`` or the CPU. ``device`` is the config's ``auto``/``cpu``/``cuda``.
     """
-    from cml_dgl.train.model_factory import resolve_device
+    from cml_dgl.train.devices import resolve_device
 
     world = _env_int("WORLD_SIZE", 1)
     if world <= 1:

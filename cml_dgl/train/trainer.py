@@ -1,27 +1,18 @@
-"""The training loop: the three phases of CML (paper Eq. 8, cml-spec section 5) and the baselines.
+"""The training loop: epochs, early stopping, selection on the monitored split, checkpoints and
+logging, for every registered model.
 
-Per training batch of target interactions (one epoch = one pass over them, cml-spec 3.1):
-
-1. *clone phase* - a clone θ' of the encoder and the meta network φ minimise the weighted
-   objective on the batch; θ' and φ each take one step;
-2. *meta phase* - θ' is run again and φ alone takes a step on 0.5 x the objective of the meta
-   users' own interactions (``meta_samples`` BPR draws per user and behavior);
-3. *main phase* - the encoder θ takes a step on the batch, weighted by φ without gradient.
-
-The objective of a batch with BPR triples O_k and contrast sample S is
-
-    Obj = [ 1/K Σ_k Σ_{j∈O_k} w_bpr·ℓ_bpr  +  λ·Reg  +  β/|C| Σ_{k∈C} Σ_{u∈S} w_cl·ℓ_cl(k) ] / B
-
-with the weights w from φ (Eq. 5-6), C the contrasted behaviors and B the batch size.
-Baselines (MF, LightGCN) train with mean BPR on their positive edges in the same loop.
+The trainer never asks which model it trains: the registry (:mod:`cml_dgl.models.registry`)
+builds the model and names its strategy (:mod:`cml_dgl.train.strategies`: CML's three phases,
+the plain pairwise step, or no training), which runs each epoch's steps and owns the optimisers.
 
 Devices: graph, parameters, samples and losses live on the run's device (CUDA needs the torch
-backend). A whole epoch is drawn before its steps (:mod:`cml_dgl.train.batches`): with numpy on the
+backend). A whole epoch is drawn before its steps (:mod:`cml_dgl.train.draws`): with numpy on the
 host and copied once (``sampler: host``, the CPU default), or with torch on the device
 (``sampler: device``, the GPU default); steps read views of it. No step waits for the device:
-logged losses are summed on the device and read once per epoch. On CUDA the per-phase ``timings`` therefore measure the host side only
-(kernels run asynchronously); an epoch's ``seconds`` is exact, as evaluation synchronises.
-Distributed data parallelism (torchrun): see :mod:`cml_dgl.train.distributed`.
+logged losses are summed on the device and read once per epoch. On CUDA the per-phase ``timings``
+therefore measure the host side only (kernels run asynchronously); an epoch's ``seconds`` is
+exact, as evaluation synchronises. Distributed data parallelism (torchrun): see
+:mod:`cml_dgl.train.distributed`.
 """
 
 from __future__ import annotations
@@ -34,21 +25,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from torch import nn
 from tqdm import tqdm
 
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate_sampled
+from cml_dgl.models import registry
 from cml_dgl.train import faults
-from cml_dgl.train import sampler as smp
-from cml_dgl.train.batches import CMLStep, DeviceTriples, Draws, make_draws, resolve_sampler
 from cml_dgl.train.config import dump
-from cml_dgl.train.distributed import DistContext, data_parallel
-from cml_dgl.train.model_factory import build_model, resolve_device
+from cml_dgl.train.devices import resolve_device
+from cml_dgl.train.distributed import DistContext
 from cml_dgl.train.run_dir import RunDir, warn
+from cml_dgl.train.strategies import STRATEGIES, Timer
 
 RESUMABLE_KEYS = ("epochs", "patience", "device")
 
@@ -59,18 +48,6 @@ class TrainState:
     best_epoch: int = -1
     best_value: float = -1.0
     wait: int = 0
-
-
-def _cyclic(opt: torch.optim.Optimizer, base: float, peak: float, up: int, down: int):
-    return torch.optim.lr_scheduler.CyclicLR(opt, base_lr=base, max_lr=peak, step_size_up=up,
-                                             step_size_down=down, mode="triangular",
-                                             cycle_momentum=False)
-
-
-def _rows(x: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
-    """``x[index]`` whose backward is deterministic on the CPU (index_add); the backward of
-    ``x[index]`` (index_put with accumulate) adds in a thread-dependent order on large inputs."""
-    return x.index_select(0, index)
 
 
 class Trainer:
@@ -88,224 +65,14 @@ class Trainer:
                            "train with --monitor test (the paper's protocol) or re-run preprocess")
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg["device"])
         torch.manual_seed(cfg["seed"])
-        self.model, self.meta = build_model(ds, cfg, self.device)
-        self.is_cml = cfg["model"] == "cml"
-        self.trainable = any(p.requires_grad for p in self.model.parameters())
-        self.sampler = resolve_sampler(cfg["sampler"], self.device)
-        self.meta_pointer: smp.MetaPointer | None = None
-        self.draws: Draws | None = None
-        self.n_train_samples = 0
-        if self.is_cml:
-            index = smp.edge_indices(ds)
-            meta_users = ds.meta_users if (cfg["meta_users"] == "auto" and ds.meta_users is not None) \
-                else smp.default_meta_users(ds, np.random.default_rng(cfg["seed"] + 1))
-            self.meta_pointer = smp.MetaPointer(np.asarray(meta_users, dtype=np.int64), cfg["meta_batch"])
-            self.n_train_samples = len(ds.edges(ds.n_behaviors - 1)[0])
-        elif self.trainable:
-            from cml_dgl.models.baselines import bpr_edges
-
-            u, i = bpr_edges(cfg["model"], ds)
-            index = [smp.EdgeIndex(u, i, ds.n_users, ds.n_items)]
-            self.n_train_samples = len(index[0].indices)
-        if (self.is_cml or self.trainable) and self.n_train_samples == 0:
-            raise CmlError(f"{ds.path or 'dataset'}: model {cfg['model']!r} learns from the training "
-                           f"{ds.behaviors[-1]!r} edges and the dataset has none")
-        if self.is_cml or self.trainable:
-            self.draws = make_draws(self.sampler, ds, index, cfg, self.device, cfg["seed"],
-                                    self.meta_pointer, with_meta=self.meta is not None)
-        self.opt = self.sched = self.meta_opt = self.meta_sched = None
-        if self.trainable:
-            self.opt = torch.optim.AdamW(self.model.parameters(), lr=cfg["opt_base_lr"],
-                                         weight_decay=cfg["opt_weight_decay"])
-            self.sched = _cyclic(self.opt, cfg["opt_base_lr"], cfg["opt_max_lr"],
-                                 cfg["opt_step_up"], cfg["opt_step_down"])
-        if self.meta is not None:
-            if cfg["meta_optimizer"] == "sgd":
-                self.meta_opt = torch.optim.SGD(self.meta.parameters(), lr=cfg["meta_opt_base_lr"],
-                                                momentum=0.95, nesterov=True,
-                                                weight_decay=cfg["meta_opt_weight_decay"])
-            else:
-                self.meta_opt = torch.optim.AdamW(self.meta.parameters(), lr=cfg["meta_opt_base_lr"],
-                                                  weight_decay=cfg["meta_opt_weight_decay"])
-            self.meta_sched = _cyclic(self.meta_opt, cfg["meta_opt_base_lr"], cfg["meta_opt_max_lr"],
-                                      cfg["meta_step_up"], cfg["meta_step_down"])
-        # phase 3 runs the encoder under DDP when distributed (see cml_dgl.train.distributed)
-        self.main_forward = data_parallel(self.model, self.dist) if self.dist.enabled and self.is_cml \
-            else self.model
+        spec = registry.spec(cfg["model"])
+        self.model = spec.build(ds, cfg, self.device)
+        self.strategy = STRATEGIES[spec.strategy](self.model, ds, cfg, self.device, self.dist)
         self.state = TrainState()
-        self.timings: dict[str, float] = {}
-
-    # ------------------------------------------------------------------ objective
-    def _objective(self, out, triples: list[DeviceTriples], cl_users: torch.Tensor,
-                   weigh: str) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """The weighted objective of one batch. ``weigh``: "grad", "nograd" or "none" (w = 1).
-
-        Indices are tensors on the model's device; the logged parts come back as detached float64
-        device tensors (no host sync). Distributed, every per-sample vector is computed in full
-        (the meta weights need all rows) and only this rank's rows are summed.
-        """
-        from cml_dgl.models.losses import bpr_loss, contrastive_loss
-
-        cfg, K, shard_sum = self.cfg, self.ds.n_behaviors, self.dist.shard_sum
-        meta = self.meta if weigh != "none" else None
-        bpr_sum = out.user.new_zeros(())
-        reg = out.user.new_zeros(())
-        for k, t in enumerate(triples):
-            if len(t) == 0:
-                continue
-            u, p, n = t.users, t.pos, t.neg
-            zu, zp, zn = _rows(out.user, u), _rows(out.item, p), _rows(out.item, n)
-            loss = bpr_loss((zu * zp).sum(-1), (zu * zn).sum(-1))
-            if meta is not None:
-                w = self._weights(meta.bpr_weights, loss, zu, _rows(out.user_beh[k], u), k, weigh)
-                loss = w * loss
-            bpr_sum = bpr_sum + shard_sum(loss)
-            if cfg["reg_all_behaviors"] or k == K - 1:
-                reg = reg + shard_sum(zu.pow(2)) + shard_sum(zp.pow(2)) + shard_sum(zn.pow(2))
-        total = bpr_sum / K + cfg["reg"] * (reg / K if cfg["reg_all_behaviors"] else reg)
-        logs = {"bpr": bpr_sum.detach().double() / cfg["batch_size"] / K}
-        cl_behaviors = list(range(K if cfg["cl_include_target"] else K - 1))
-        if cfg["variant"] != "no-cl" and cfg["beta"] > 0 and len(cl_users) >= 2 and cl_behaviors:
-            s = cl_users
-            anchor = _rows(out.user_beh[K - 1], s)
-            fused = _rows(out.user, s) if meta is not None else None
-            cl_sum = out.user.new_zeros(())
-            for k in cl_behaviors:
-                view = _rows(out.user_beh[k], s)
-                loss = contrastive_loss(anchor, view, temperature=cfg["cl_temperature"],
-                                        similarity=cfg["cl_similarity"], variant=cfg["cl_variant"],
-                                        chunk_size=cfg["cl_chunk"], users=s)
-                if meta is not None:
-                    w = self._weights(meta.cl_weights, loss, view, fused, k, weigh)
-                    loss = w * loss
-                cl_sum = cl_sum + shard_sum(loss)
-            total = total + cfg["beta"] * cl_sum / len(cl_behaviors)
-            logs["cl"] = cl_sum.detach().double() / cfg["batch_size"] / len(cl_behaviors)
-        logs["reg"] = reg.detach().double() / cfg["batch_size"]
-        return total / cfg["batch_size"], logs
-
-    def _weights(self, fn, loss, z_a, z_b, k: int, weigh: str) -> torch.Tensor:
-        if weigh == "grad":
-            return fn(loss, z_a, z_b, k)
-        was_training = self.meta.training
-        if self.cfg["meta_eval_weights"]:
-            self.meta.eval()
-        with torch.no_grad():
-            w = fn(loss.detach(), z_a.detach(), z_b.detach(), k)
-        self.meta.train(was_training)
-        return w
-
-    def _clip_step(self, opt: torch.optim.Optimizer, params) -> None:
-        if self.cfg["grad_clip"] > 0:
-            nn.utils.clip_grad_norm_(params, self.cfg["grad_clip"])
-        opt.step()
-
-    # ------------------------------------------------------------------ epochs
-    def _tick(self, name: str, t0: float) -> float:
-        now = time.perf_counter()
-        self.timings[name] = self.timings.get(name, 0.0) + now - t0
-        return now
-
-    def _epoch_means(self, sums: dict[str, torch.Tensor], n_steps: int) -> dict[str, float]:
-        """Per-step means of the summed logs, summed over the ranks: one host sync per epoch."""
-        if not sums:
-            return {}
-        keys = list(sums)
-        values = self.dist.all_reduce_sum(torch.stack([sums[k] for k in keys])).tolist()
-        return {k: v / max(n_steps, 1) for k, v in zip(keys, values)}
-
-    @staticmethod
-    def _accumulate(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) -> None:
-        sums[key] = sums[key] + value if key in sums else value
-
-    def _cml_epoch(self, bar) -> dict[str, float]:
-        cfg = self.cfg
-        t = time.perf_counter()
-        if cfg["meta_pointer_reset"]:
-            self.meta_pointer.pos = 0
-        steps = self.draws.cml_steps()
-        t = self._tick("sampling", t)
-        sums: dict[str, torch.Tensor] = {}
-        half = max(1, len(steps) // 2)
-        for n_steps, step in enumerate(steps, start=1):
-            self._cml_step(step, sums)
-            bar.update(1)
-            if n_steps == half:
-                faults.pause_point("train", self.state.epoch + 1)
-        return self._epoch_means(sums, len(steps))
-
-    def _cml_step(self, step: CMLStep, sums: dict[str, torch.Tensor]) -> None:
-        """The three phases of one step (paper Alg. 1); adds the step's logged losses to ``sums``
-        as device tensors (no host sync)."""
-        cfg = self.cfg
-        t = time.perf_counter()
-        use_meta = self.meta is not None
-        if use_meta:
-            self.meta.train()
-            clone = self.model.clone()
-            clone_opt = torch.optim.AdamW(clone.parameters(), lr=cfg["lr_clone"],
-                                          weight_decay=cfg["opt_weight_decay"])
-            obj, _ = self._objective(clone(item_behavior=False), step.triples, step.cl_clone, "grad")
-            self.meta_opt.zero_grad(set_to_none=True)
-            obj.backward()
-            self.dist.all_reduce_grads(list(clone.parameters()) + list(self.meta.parameters()))
-            if cfg["grad_clip"] > 0:
-                nn.utils.clip_grad_norm_(self.meta.parameters(), cfg["grad_clip"])
-            self._clip_step(clone_opt, list(clone.parameters()))
-            self.meta_opt.step()
-            t = self._tick("phase1_clone", t)
-            meta_obj, _ = self._objective(clone(item_behavior=False), step.meta_triples, step.cl_meta, "grad")
-            self.meta_opt.zero_grad(set_to_none=True)
-            (0.5 * meta_obj).backward()
-            self.dist.all_reduce_grads(self.meta.parameters())
-            self._clip_step(self.meta_opt, list(self.meta.parameters()))
-            self._accumulate(sums, "meta", meta_obj.detach().double())
-            del clone, clone_opt
-            t = self._tick("phase2_meta", t)
-        obj, logs = self._objective(self.main_forward(item_behavior=False), step.triples, step.cl_main,
-                                    "nograd" if use_meta else "none")
-        self.opt.zero_grad(set_to_none=True)
-        obj.backward()
-        self._clip_step(self.opt, list(self.model.parameters()))
-        self._tick("phase3_main", t)
-        self._accumulate(sums, "total", obj.detach().double())
-        for key, v in logs.items():
-            self._accumulate(sums, key, v)
-
-    def _pair_epoch(self, bar) -> dict[str, float]:
-        """MF / LightGCN: mean BPR per batch. Distributed, rank r takes rows j ≡ r (mod W) of the
-        batch and scales its mean by n_r / n, so the ranks' gradients sum to the batch's."""
-        t = time.perf_counter()
-        trip = self.draws.pair_triples()
-        t = self._tick("sampling", t)
-        B, n = self.cfg["batch_size"], 0
-        sums: dict[str, torch.Tensor] = {}
-        half = max(1, -(-len(trip) // B) // 2)
-        rank, world = self.dist.rank, self.dist.world
-        for start in range(0, len(trip), B):
-            sl = slice(start, start + B)
-            users, pos, neg = trip.users[sl], trip.pos[sl], trip.neg[sl]
-            if world == 1:
-                loss = self.model.bpr_loss(users, pos, neg, self.cfg["reg"])
-            else:
-                rows, n_rows = slice(rank, None, world), len(users)
-                n_mine = len(range(n_rows)[rows])
-                rows, scale = (rows, n_mine / n_rows) if n_mine else (slice(0, 1), 0.0)
-                loss = scale * self.model.bpr_loss(users[rows], pos[rows], neg[rows], self.cfg["reg"])
-            self.opt.zero_grad(set_to_none=True)
-            loss.backward()
-            self.dist.all_reduce_grads(self.model.parameters())
-            self._clip_step(self.opt, list(self.model.parameters()))
-            self._accumulate(sums, "bpr", loss.detach().double())
-            n += 1
-            bar.update(1)
-            if n == half:
-                faults.pause_point("train", self.state.epoch + 1)
-        self._tick("phase3_main", t)
-        return self._epoch_means(sums, n)
+        self.timer = Timer()
 
     def steps_per_epoch(self) -> int:
-        return -(-self.n_train_samples // self.cfg["batch_size"])
+        return self.strategy.steps_per_epoch()
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -327,23 +94,12 @@ class Trainer:
         st: dict[str, Any] = {"model": self.model.state_dict(), "torch_rng": torch.get_rng_state()}
         if self.device.type == "cuda":  # dropout of the meta network draws from the device's generator
             st["cuda_rng"] = torch.cuda.get_rng_state(self.device)
-        for name in ("meta", "opt", "sched", "meta_opt", "meta_sched"):
-            obj = getattr(self, name)
-            if obj is not None:
-                st[name] = obj.state_dict()
-        return {**st, **self._sampler_state(tensors=True)}
-
-    def _sampler_state(self, tensors: bool) -> dict[str, Any]:
-        """The sampler's generator state: tensors go into the checkpoint's state, the rest (numpy's
-        JSON state) into its info."""
-        st = self.draws.state() if self.draws is not None else {}
-        return {k: v for k, v in st.items() if isinstance(v, torch.Tensor) == tensors}
+        return {**st, **self.strategy.state(tensors=True)}
 
     def _info(self) -> dict[str, Any]:
         s = self.state
         return {"epoch": s.epoch, "best_epoch": s.best_epoch, "best_value": s.best_value,
-                "wait": s.wait, "meta_pos": self.meta_pointer.pos if self.is_cml else 0,
-                **self._sampler_state(tensors=False),
+                "wait": s.wait, **self.strategy.state(tensors=False),
                 "config": self.cfg,
                 "id_map_checksum": self.ds.id_map_checksum(), "model": self.cfg["model"],
                 "n_users": self.ds.n_users, "n_items": self.ds.n_items,
@@ -361,22 +117,18 @@ class Trainer:
             raise CmlError(f"{self.run_dir}: checkpoint was trained on another dataset (id-map checksum differs)")
         self.rundir.check_best()
         self.model.load_state_dict(state["model"])
-        for name in ("meta", "opt", "sched", "meta_opt", "meta_sched"):
-            if getattr(self, name) is not None:
-                getattr(self, name).load_state_dict(state[name])
+        sampler_fits = self.strategy.load(state, info)
         torch.set_rng_state(state["torch_rng"])
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"], self.device)
-        if self.draws is not None and not self.draws.load_state({**info, **state}):
-            self.draws.reseed(self.cfg["seed"] + 1_000_003 * (info["epoch"] + 1))
-            warn(f"{self.run_dir}: the checkpoint's sampler state does not fit the {self.sampler} sampler on "
-                 f"{self.device.type} (trained with another sampler or device); its sample stream restarts "
+        if not sampler_fits:
+            self.strategy.reseed(self.cfg["seed"] + 1_000_003 * (info["epoch"] + 1))
+            warn(f"{self.run_dir}: the checkpoint's sampler state does not fit the {self.strategy.sampler} sampler "
+                 f"on {self.device.type} (trained with another sampler or device); its sample stream restarts "
                  "from the seed and the epoch")
         s = self.state
         s.epoch, s.best_epoch, s.best_value, s.wait = (info["epoch"], info["best_epoch"],
                                                        info["best_value"], info["wait"])
-        if self.is_cml:
-            self.meta_pointer.pos = info["meta_pos"]
         self.rundir.keep_metrics_through(s.epoch)
 
     def prepare_run_dir(self, overwrite: bool = False, resume: bool = False) -> None:
@@ -393,7 +145,7 @@ class Trainer:
                     "id_map_checksum": self.ds.id_map_checksum(),
                     "test_selected": self.cfg["monitor"] == "test",
                     "device": str(self.device),
-                    "sampler": self.sampler,
+                    "sampler": self.strategy.sampler,
                     "torch": torch.__version__,
                 }, overwrite)
         self.dist.barrier()
@@ -404,20 +156,18 @@ class Trainer:
     def fit(self) -> dict[str, Any]:
         cfg, s = self.cfg, self.state
         steps = self.steps_per_epoch()
-        n_epochs = cfg["epochs"] if self.trainable else 0
+        n_epochs = cfg["epochs"] if self.strategy.trains else 0
         if n_epochs == 0 and s.best_epoch < 0:  # nothing to train: evaluate the initial model once
             self._finish_epoch(0, {}, time.perf_counter())
         while s.epoch < n_epochs and s.wait < cfg["patience"]:
             epoch = s.epoch + 1
             t0 = time.perf_counter()
-            self.timings = {}
+            self.timer = Timer()
             self.model.train()
             with tqdm(total=steps, desc=f"epoch {epoch}/{n_epochs}", leave=False, file=sys.stderr,
                       disable=self.quiet) as bar:
-                losses = self._cml_epoch(bar) if self.is_cml else self._pair_epoch(bar)
-            self.sched.step()
-            if self.meta_sched is not None:
-                self.meta_sched.step()
+                losses = self.strategy.run_epoch(epoch, lambda: bar.update(1), self.timer)
+            self.strategy.end_epoch()
             self._finish_epoch(epoch, losses, t0)
         return self.summary()
 
@@ -435,7 +185,7 @@ class Trainer:
             row["valid"] = self.evaluate("valid")
         if cfg["monitor"] == "test":
             row["test"] = self.evaluate("test")
-        self._tick("eval", t)
+        self.timer.tick("eval", t)
         value = row[cfg["monitor"]][cfg["monitor_metric"]]
         improved = self.dist.broadcast_flag(value > s.best_value)
         if improved:
@@ -444,7 +194,7 @@ class Trainer:
             s.wait += 1
         s.epoch = epoch
         row["seconds"] = round(time.perf_counter() - t0, 4)
-        row["timings"] = {k: round(v, 4) for k, v in self.timings.items()}
+        row["timings"] = {k: round(v, 4) for k, v in self.timer.seconds.items()}
         self.rundir.append_metrics(row)
         self.rundir.save(self._state_dict(), self._info(), best=improved)
         if not self.quiet:

@@ -1,4 +1,4 @@
-"""The samplers of :mod:`cml_dgl.train.sampler` in torch, drawing on the training device.
+"""Device draws (torch): the samplers of :mod:`cml_dgl.train.draws.host` in torch, drawing on the training device.
 
 Same distributions as the host samplers (uniform positives among a user's behavior-k items,
 uniform negatives among the items the user has no behavior-k edge with, contrast samples drawn
@@ -21,12 +21,12 @@ import torch
 from torch import Tensor
 
 from cml_dgl.errors import CmlError
-from cml_dgl.train.batches import CMLStep, DeviceTriples
-from cml_dgl.train.sampler import EdgeIndex, MetaPointer
+from cml_dgl.train.draws.host import EdgeIndex, MetaPointer
+from cml_dgl.train.draws.types import CMLStep, DeviceTriples
 
 
 class TorchEdgeIndex:
-    """:class:`~cml_dgl.train.sampler.EdgeIndex` on a device: user-sorted CSR plus sorted keys."""
+    """:class:`~cml_dgl.train.draws.host.EdgeIndex` on a device: user-sorted CSR plus sorted keys."""
 
     def __init__(self, host: EdgeIndex, device: torch.device) -> None:
         self.n_users, self.n_items = host.n_users, host.n_items

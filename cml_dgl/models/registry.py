@@ -1,0 +1,68 @@
+"""The one table of models: name -> class, build options, config defaults, training strategy.
+
+The CLI's ``--model`` choices, config validation (:mod:`cml_dgl.train.config`) and the model list
+in ``docs/usage.md`` all come from :data:`REGISTRY` (a test compares the docs with it). A new
+model is one :class:`~cml_dgl.models.base.Recommender` subclass and one line here; the contract
+tests (``tests/contract.py``) then run over it.
+
+Strategies (carried out by :mod:`cml_dgl.train.strategies`): ``meta`` is CML's three phases
+(paper Eq. 8), ``pair`` one BPR step per batch of training edges, ``none`` no training (the model
+is evaluated as built).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+
+from cml_dgl.errors import CmlError
+from cml_dgl.models.base import Recommender
+from cml_dgl.models.baselines import MF, LightGCN, Popularity
+from cml_dgl.models.cml import CML
+
+STRATEGIES = ("meta", "pair", "none")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registered model. ``options`` go to ``cls.from_config``; ``defaults`` are config keys
+    this model sets over ``presets/defaults.yaml`` (below any preset, file or ``--set``)."""
+
+    name: str
+    cls: type[Recommender]
+    strategy: str
+    summary: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+    def build(self, ds: Any, cfg: dict[str, Any], device: torch.device) -> Recommender:
+        return self.cls.from_config(ds, cfg, device, **self.options)
+
+
+REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
+    ModelSpec("cml", CML, "meta", "CML (the paper's model): behavior-aware encoder, contrastive views, "
+              "meta-learned weights"),
+    ModelSpec("pop", Popularity, "none", "items by their number of training interactions, every behavior"),
+    ModelSpec("pop-target", Popularity, "none", "items by their number of training purchases",
+              options={"target_only": True}),
+    ModelSpec("mf", MF, "pair", "BPR matrix factorisation on the purchases"),
+    ModelSpec("lightgcn", LightGCN, "pair", "LightGCN on the purchase graph"),
+    ModelSpec("lightgcn-merged", LightGCN, "pair", "LightGCN on every behavior merged into one graph",
+              options={"merged": True}),
+)}
+
+MODELS: tuple[str, ...] = tuple(REGISTRY)
+
+
+def spec(name: str) -> ModelSpec:
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise CmlError(f"unknown model {name!r}; expected one of {', '.join(MODELS)}") from None
+
+
+def build(ds: Any, cfg: dict[str, Any], device: torch.device) -> Recommender:
+    """The model of ``cfg["model"]`` for ``ds`` on ``device``."""
+    return spec(cfg["model"]).build(ds, cfg, device)
