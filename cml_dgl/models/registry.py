@@ -56,6 +56,11 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
 MODELS: tuple[str, ...] = tuple(REGISTRY)
 
 
+def markdown_table() -> str:
+    """The rows of the model table in ``docs/usage.md`` (between its ``models:begin/end`` marks)."""
+    return "\n".join(f"| `{s.name}` | `{s.strategy}` | {s.summary} |" for s in REGISTRY.values())
+
+
 def spec(name: str) -> ModelSpec:
     try:
         return REGISTRY[name]

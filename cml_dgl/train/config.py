@@ -91,8 +91,9 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
     elif isinstance(default, str):
         if not isinstance(value, str):
             raise CmlError(f"{where}: {key} must be a string, got {value!r}")
-    if key in CHOICES and value not in CHOICES[key]:
-        raise CmlError(f"{where}: {key} must be one of {', '.join(CHOICES[key])}, got {value!r}")
+    choices = tuple(REGISTRY) if key == "model" else CHOICES.get(key)  # models registered at run time too
+    if choices is not None and value not in choices:
+        raise CmlError(f"{where}: {key} must be one of {', '.join(choices)}, got {value!r}")
     if key in POSITIVE and value <= 0:
         raise CmlError(f"{where}: {key} must be positive, got {value!r}")
     if key in NON_NEGATIVE and value < 0:
