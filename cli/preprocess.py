@@ -54,7 +54,8 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @click.option("--behaviors", callback=_behaviors, default=None,
               help="Behavior names in order, target last, e.g. view,cart,buy. Required for csv; "
                    "for cml-pickle it names the trn_<behavior> / train_mat_<behavior>.pkl files, "
-                   "for lists the <behavior>/train.txt or <behavior>.txt files, when their order is not known.")
+                   "for lists the <behavior>/train.txt or <behavior>.txt files, when their order "
+                   "is not known.")
 @click.option("--min-purchases", type=click.IntRange(min=0), default=None,
               help="Keep users with at least this many distinct purchased items "
                    "[default: 3 for taobao/ijcai15, 2 for retailrocket/csv; not for cml-pickle/lists].")
@@ -64,7 +65,8 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Keep items with at least this many deduplicated edges (any behavior); "
                    "applied before the user filters.")
 @click.option("--no-valid", "no_valid", is_flag=True, default=False,
-              help="Hold out no validation item (cml-pickle, lists: keep the published training split whole).")
+              help="Hold out no validation item (cml-pickle, lists: keep the published training "
+                   "split whole).")
 @click.option("--held-out-auxiliary", type=click.Choice(AUXILIARY_CHOICES), default="auto",
               show_default=True,
               help="What happens to a held-out pair's auxiliary edges: drop (removed from every "

@@ -11,7 +11,7 @@ import pytest
 import scipy.sparse as sp
 
 from cml_dgl.data.dataset import load_dataset
-from conftest import assert_one_line_error, run_cli, run_cli_ok
+from conftest import run_cli, run_cli_ok
 
 # user u1 buys A (t=10), C (t=20) and B (t=30): B is the test item, C the validation item
 EVENTS = """user,item,behavior,timestamp
