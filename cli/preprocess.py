@@ -10,7 +10,7 @@ import click
 from .common import handle_errors
 from .main import cli
 from cml_dgl.data.dataset import N_NEGATIVES, load_dataset, read_meta
-from cml_dgl.data.preprocess import DEFAULT_SEED, preprocess
+from cml_dgl.data.preprocess import AUXILIARY_CHOICES, DEFAULT_SEED, preprocess
 from cml_dgl.data.sources import NAMES
 from cml_dgl.data.sources.tabular import DEFAULT_BLOCK_BYTES
 
@@ -24,11 +24,15 @@ _SOURCES_HELP = """SOURCE is one of:
                         (trn_<behavior>, tst_int) or SSLRec's (train_mat_<behavior>.pkl,
                         test_mat.pkl), plus the optional meta-user file
   csv                   a CSV with header user,item,behavior,timestamp; needs --behaviors
+  lists                 a published split as adjacency lists (user item item ...): MB-CGCN's
+                        <behavior>/train.txt folders with the target's test.txt, or GHCF's
+                        train.txt (target), <behavior>.txt and test.txt
 
 Duplicate (user, item, behavior) events become one edge with the earliest time. Each user's
 latest purchase (ties: larger item id) is the test item, the latest remaining one the
-validation item; the pair is removed from every behavior's training edges. 99 negatives per
-test/validation user are drawn once with --seed and stored. See docs/data-format.md.
+validation item; the pair is removed from every behavior's training edges (see
+--held-out-auxiliary). 99 negatives per test/validation user are drawn once with --seed and
+stored. See docs/data-format.md.
 """
 
 
@@ -49,17 +53,26 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
               help="Dataset folder to write (written to a temporary sibling, then renamed).")
 @click.option("--behaviors", callback=_behaviors, default=None,
               help="Behavior names in order, target last, e.g. view,cart,buy. Required for csv; "
-                   "for cml-pickle it names the trn_<behavior> / train_mat_<behavior>.pkl files when their order is not known.")
+                   "for cml-pickle it names the trn_<behavior> / train_mat_<behavior>.pkl files, "
+                   "for lists the <behavior>/train.txt or <behavior>.txt files, when their order "
+                   "is not known.")
 @click.option("--min-purchases", type=click.IntRange(min=0), default=None,
               help="Keep users with at least this many distinct purchased items "
-                   "[default: 3 for taobao/ijcai15, 2 for retailrocket/csv; not for cml-pickle].")
+                   "[default: 3 for taobao/ijcai15, 2 for retailrocket/csv; not for cml-pickle/lists].")
 @click.option("--min-user-interactions", type=click.IntRange(min=0), default=1, show_default=True,
               help="Keep users with at least this many deduplicated edges (any behavior).")
 @click.option("--min-item-interactions", type=click.IntRange(min=0), default=1, show_default=True,
               help="Keep items with at least this many deduplicated edges (any behavior); "
                    "applied before the user filters.")
 @click.option("--no-valid", "no_valid", is_flag=True, default=False,
-              help="Hold out no validation item (cml-pickle: keep the published training split whole).")
+              help="Hold out no validation item (cml-pickle, lists: keep the published training "
+                   "split whole).")
+@click.option("--held-out-auxiliary", type=click.Choice(AUXILIARY_CHOICES), default="auto",
+              show_default=True,
+              help="What happens to a held-out pair's auxiliary edges: drop (removed from every "
+                   "behavior), keep (only the target edge goes), before (keep those earlier than the "
+                   "held-out purchase; needs times). auto: drop for raw logs; for published splits, "
+                   "applied to the carved validation item, what the published test split did (measured).")
 @click.option("--negatives", type=click.IntRange(min=1), default=N_NEGATIVES, show_default=True,
               help="Stored negative candidates per test/validation user (sampled protocol).")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
@@ -71,13 +84,13 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @handle_errors
 def preprocess_cmd(source: str, input: Path, outdir: Path, behaviors: list[str] | None,
                    min_purchases: int | None, min_user_interactions: int, min_item_interactions: int,
-                   no_valid: bool, negatives: int, seed: int, block_bytes: int, overwrite: bool,
-                   quiet: bool) -> None:
+                   no_valid: bool, held_out_auxiliary: str, negatives: int, seed: int,
+                   block_bytes: int, overwrite: bool, quiet: bool) -> None:
     out = preprocess(source, input, outdir, behaviors=behaviors, min_purchases=min_purchases,
                      min_user_interactions=min_user_interactions,
                      min_item_interactions=min_item_interactions, valid=not no_valid,
                      negatives=negatives, seed=seed, overwrite=overwrite, quiet=quiet,
-                     block_bytes=block_bytes)
+                     block_bytes=block_bytes, held_out_auxiliary=held_out_auxiliary)
     meta = read_meta(out)
     edges = ", ".join(f"{b} {meta['train_edges'][b]:,}" for b in meta["behaviors"])
     click.echo(f"wrote {out}: {meta['n_users']:,} users, {meta['n_items']:,} items; training edges "

@@ -90,3 +90,54 @@ def test_user_with_too_few_eligible_items_is_an_error():
     exclude = _exclude([(1, 5), (1, 6)], n_items)
     with pytest.raises(CmlError, match=r"user 1 has only 98 eligible negative items .* 99 are needed"):
         draw_negatives(np.array([0, 1]), exclude, n_items, 99, np.random.default_rng(0))
+
+
+def _edges(rows):
+    return tuple(np.array(c) for c in zip(*rows))
+
+
+#            user item behavior time: user 0 buys 2 at 30 (test) and 3 at 20 (validation)
+_AUX_EDGES = [(0, 1, BUY, 10), (0, 2, BUY, 30), (0, 3, BUY, 20),
+              (0, 2, VIEW, 25), (0, 2, CART, 40), (0, 3, VIEW, 20), (0, 3, CART, 5), (0, 4, VIEW, 1)]
+
+
+@pytest.mark.parametrize("auxiliary, kept_aux", [
+    ("drop", set()),
+    ("keep", {(0, 2, VIEW), (0, 2, CART), (0, 3, VIEW), (0, 3, CART)}),
+    # strictly earlier than the pair's own purchase: view of 2 at 25 < 30; cart of 3 at 5 < 20;
+    # the cart of 2 at 40 and the view of 3 at 20 (a tie) go
+    ("before", {(0, 2, VIEW), (0, 3, CART)}),
+])
+def test_held_out_pairs_auxiliary_edges_follow_the_policy(auxiliary, kept_aux):
+    u, i, b, t = _edges(_AUX_EDGES)
+    keep, valid, test = leave_one_out(u, i, b, t, n_users=1, target=BUY, auxiliary=auxiliary)
+    assert test.tolist() == [[0, 2]] and valid.tolist() == [[0, 3]]
+    kept = set(zip(u[keep].tolist(), i[keep].tolist(), b[keep].tolist()))
+    assert kept == {(0, 1, BUY), (0, 4, VIEW)} | kept_aux
+
+
+def test_hold_out_random_is_uniform_seeded_and_only_among_candidates():
+    # user 0: purchases 0..3; user 1: purchases 5, 6 but is no candidate; a view of item 2
+    u, i, b = _edges([(0, 0, BUY), (0, 1, BUY), (0, 2, BUY), (0, 3, BUY), (0, 2, VIEW),
+                      (1, 5, BUY), (1, 6, BUY)])
+    cand = u == 0
+    picks = [split_mod.hold_out_random(u, i, b, 2, BUY, cand, np.random.default_rng(s))[0]
+             for s in range(800)]
+    assert all(p[1] == -1 for p in picks)
+    counts = np.bincount([p[0] for p in picks], minlength=4)
+    assert counts.min() > 150, counts  # each of the 4 purchases about 200 times
+    a = split_mod.hold_out_random(u, i, b, 2, BUY, cand, np.random.default_rng(7))
+    c = split_mod.hold_out_random(u, i, b, 2, BUY, cand, np.random.default_rng(7))
+    assert a[0].tolist() == c[0].tolist() and a[1].tolist() == c[1].tolist()
+    held, keep = split_mod.hold_out_random(u, i, b, 2, BUY, cand, np.random.default_rng(0), "keep")
+    gone = set(zip(u[~keep].tolist(), i[~keep].tolist(), b[~keep].tolist()))
+    assert gone == {(0, int(held[0]), BUY)}
+    with pytest.raises(ValueError):
+        split_mod.hold_out_random(u, i, b, 2, BUY, cand, np.random.default_rng(0), "before")
+
+
+def test_pairs_in_behaviors_marks_each_behavior_of_a_pair():
+    u, i, b = _edges([(0, 1, VIEW), (0, 1, CART), (1, 2, VIEW), (1, 3, BUY)])
+    found = split_mod.pairs_in_behaviors(u, i, b, np.array([[0, 1], [1, 2], [1, 3], [0, 2]]), 4, 3)
+    assert found.tolist() == [[True, True, False], [True, False, False], [False, False, True],
+                              [False, False, False]]

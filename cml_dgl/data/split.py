@@ -3,9 +3,15 @@
 **Hold-out.** A user's *latest* target edge is the one with the largest time; ties in time go to
 the larger internal item id (internal ids follow raw-id order, so: the larger raw id). For raw
 sources each user's latest purchase is the test item and the latest remaining one the validation
-item (users with at least 2 purchases). The held-out (user, item) pair is removed from *every*
-behavior's training edges, as the published splits do. For a published split the test items are
-given and the validation item is the latest training purchase of each test user.
+item (users with at least 2 purchases). For a published split the test items are given and the
+validation item is the latest training purchase of each test user, or, where the split has no
+times, a seeded uniform one (:func:`hold_out_random`).
+
+**Auxiliary edges of a held-out pair** (``auxiliary``): ``drop`` removes the pair from *every*
+behavior's training edges, as the CML splits do (the default for raw logs); ``keep`` removes only
+its target edge, as MB-CGCN's and CRGCN's splits do; ``before`` keeps the auxiliary edges whose
+time is strictly earlier than the held-out purchase (what a shop knows when it predicts it; an
+edge's time is its earliest event).
 
 **Candidates.** For every test (validation) user ``n`` negatives (99 by default) are drawn once,
 uniformly without replacement among the items the user never purchased: not a training purchase,
@@ -25,6 +31,7 @@ import numpy as np
 
 from cml_dgl.errors import CmlError
 
+HELD_OUT_AUXILIARY = ("drop", "keep", "before")
 _MAX_ROUNDS = 32
 _ROWS_PER_CHUNK = 1 << 16
 _EXACT_CELLS = 1 << 24
@@ -42,21 +49,68 @@ def latest_per_user(user: np.ndarray, item: np.ndarray, time: np.ndarray, n_user
     return held
 
 
+def kept_after_hold_out(user: np.ndarray, item: np.ndarray, behavior: np.ndarray, time: np.ndarray,
+                        held: np.ndarray, target: int, auxiliary: str = "drop") -> np.ndarray:
+    """Mask of edges that stay in training when ``held[u]`` (-1: none) is held out of each user.
+
+    The pair's target edge always goes; its auxiliary edges follow ``auxiliary`` (module docstring):
+    with ``before``, an auxiliary edge stays when ``time < t(u, held[u], target)``.
+    """
+    if auxiliary not in HELD_OUT_AUXILIARY:
+        raise ValueError(f"auxiliary must be one of {HELD_OUT_AUXILIARY}, got {auxiliary!r}")
+    on_pair = held[user] == item
+    if auxiliary == "drop":
+        return ~on_pair
+    is_target = behavior == target
+    if auxiliary == "keep":
+        return ~(on_pair & is_target)
+    held_edge = on_pair & is_target
+    held_time = np.zeros(len(held), dtype=np.int64)
+    held_time[user[held_edge]] = time[held_edge]
+    return ~on_pair | (~is_target & (time < held_time[user]))
+
+
 def hold_out_latest(user: np.ndarray, item: np.ndarray, behavior: np.ndarray, time: np.ndarray,
-                    n_users: int, target: int, candidates: np.ndarray | None = None
-                    ) -> tuple[np.ndarray, np.ndarray]:
+                    n_users: int, target: int, candidates: np.ndarray | None = None,
+                    auxiliary: str = "drop") -> tuple[np.ndarray, np.ndarray]:
     """Hold out each user's latest target edge among ``candidates`` (a mask over edges, or all).
 
     Returns ``(held, keep)``: ``held[u]`` the held-out item or -1, and ``keep`` the mask of edges
-    that stay in training (every behavior's edge on a held-out (user, item) pair is dropped).
+    that stay in training (:func:`kept_after_hold_out`).
     """
     is_target = behavior == target
     if candidates is not None:
         is_target &= candidates
     idx = np.flatnonzero(is_target)
     held = latest_per_user(user[idx], item[idx], time[idx], n_users)
-    keep = held[user] != item
-    return held, keep
+    return held, kept_after_hold_out(user, item, behavior, time, held, target, auxiliary)
+
+
+def hold_out_random(user: np.ndarray, item: np.ndarray, behavior: np.ndarray, n_users: int,
+                    target: int, candidates: np.ndarray, rng: np.random.Generator,
+                    auxiliary: str = "drop") -> tuple[np.ndarray, np.ndarray]:
+    """Like :func:`hold_out_latest` for edges without times: a uniform target edge per user.
+
+    Each candidate target edge gets a distinct random rank; the user's highest rank is held out,
+    so every one of a user's candidates is equally likely. ``auxiliary`` may not be ``before``.
+    """
+    if auxiliary == "before":
+        raise ValueError("auxiliary='before' needs times")
+    idx = np.flatnonzero((behavior == target) & candidates)
+    held = latest_per_user(user[idx], item[idx], rng.permutation(len(idx)), n_users)
+    return held, kept_after_hold_out(user, item, behavior, np.zeros(0, np.int64), held, target,
+                                     auxiliary)
+
+
+def pairs_in_behaviors(user: np.ndarray, item: np.ndarray, behavior: np.ndarray, pairs_: np.ndarray,
+                       n_items: int, n_behaviors: int) -> np.ndarray:
+    """``found[r, k]``: whether pair ``pairs_[r]`` (user, item) has a training edge of behavior k."""
+    keys = pairs_[:, 0].astype(np.int64) * n_items + pairs_[:, 1]
+    found = np.zeros((len(pairs_), n_behaviors), dtype=bool)
+    for k in range(n_behaviors):
+        on = behavior == k
+        found[:, k] = np.isin(keys, user[on].astype(np.int64) * n_items + item[on])
+    return found
 
 
 def pairs(held: np.ndarray) -> np.ndarray:
@@ -66,13 +120,17 @@ def pairs(held: np.ndarray) -> np.ndarray:
 
 
 def leave_one_out(user: np.ndarray, item: np.ndarray, behavior: np.ndarray, time: np.ndarray,
-                  n_users: int, target: int, valid: bool = True
+                  n_users: int, target: int, valid: bool = True, auxiliary: str = "drop"
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Test = latest purchase, validation = latest remaining purchase; ``(keep, valid, test)``."""
-    test_of, keep = hold_out_latest(user, item, behavior, time, n_users, target)
+    """Test = latest purchase, validation = latest remaining purchase; ``(keep, valid, test)``.
+
+    Each held-out pair's auxiliary edges follow ``auxiliary``, measured against its own purchase.
+    """
+    test_of, keep = hold_out_latest(user, item, behavior, time, n_users, target, auxiliary=auxiliary)
     valid_of = np.full(n_users, -1, dtype=np.int32)
     if valid:
-        valid_of, keep_v = hold_out_latest(user, item, behavior, time, n_users, target, keep.copy())
+        valid_of, keep_v = hold_out_latest(user, item, behavior, time, n_users, target,
+                                           keep & (behavior == target), auxiliary)
         keep &= keep_v
     return keep, pairs(valid_of), pairs(test_of)
 

@@ -1,7 +1,8 @@
 """Raw-log readers, one module per format, and the table of sources ``cml preprocess`` accepts.
 
 Every raw reader returns the same :class:`cml_dgl.data.events.Events` table (raw ids, int8
-behavior index with the target last, integer time); ``cml-pickle`` is already split and returns a
+behavior index with the target last, integer time); ``cml-pickle`` and ``lists``
+(:mod:`cml_dgl.data.sources.adjacency_lists`) are already split and return a
 :class:`cml_dgl.data.sources.cml_pickle.PublishedSplit`.
 """
 
@@ -36,6 +37,7 @@ SOURCES: dict[str, Source] = {
     "retailrocket": Source("retailrocket", retailrocket.BEHAVIORS, 2, "Retailrocket events.csv"),
     "cml-pickle": Source("cml-pickle", None, None, "a published CML split folder (trn_* + tst_int, or SSLRec's train_mat_*.pkl + test_mat.pkl)"),
     "csv": Source("csv", None, 2, "a user,item,behavior,timestamp CSV with a header; --behaviors"),
+    "lists": Source("lists", None, None, "a published split as user-item adjacency lists (MB-CGCN's <behavior>/train.txt folders, or GHCF's train.txt + <behavior>.txt + test.txt)"),
 }
 ALIASES: dict[str, str] = {"tmall": "taobao"}
 NAMES: tuple[str, ...] = tuple(SOURCES) + tuple(ALIASES)
@@ -56,7 +58,7 @@ def read_raw(source: Source, path: str | os.PathLike, behaviors: Sequence[str] |
         return csv_source.read(path, csv_source.check_behaviors(behaviors, "source csv"),
                                block_bytes=block_bytes, quiet=quiet)
     if behaviors:
-        raise CmlError(f"--behaviors applies to the csv and cml-pickle sources only; {source.name} "
+        raise CmlError(f"--behaviors applies to the csv, cml-pickle and lists sources only; {source.name} "
                        f"has the fixed behaviors {','.join(source.behaviors or ())}")
     reader = {"taobao": taobao.read, "ijcai15": ijcai15.read, "retailrocket": retailrocket.read}
     if source.name not in reader:

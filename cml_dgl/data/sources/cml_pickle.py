@@ -36,9 +36,9 @@ view,cart,buy; JD: review,browse,buy).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -98,6 +98,9 @@ class PublishedSplit:
     time: np.ndarray
     test: np.ndarray  # (m, 2) int64, ascending user
     meta_users: np.ndarray | None
+    valid: np.ndarray | None = None  # published validation pairs, ascending user (list layouts)
+    timed: bool = True  # whether ``time`` holds event times (adjacency lists have none)
+    stats: dict[str, Any] = field(default_factory=dict)  # the reader's counts, into options.stats
 
 
 def _drop_meta_paths(names: list[str]) -> list[str]:
