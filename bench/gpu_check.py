@@ -31,7 +31,7 @@ that folder); scipy is optional (it only reads the Retailrocket pickles). Prepar
 the device run (bench/out/ is git-ignored, so it must be carried):
 
     bash bench/gpu_check.sh --vendor
-    .venv/bin/python -m cli preprocess cml-pickle ../shared/data/retailrocket -o bench/out/retail --no-valid
+    .venv/bin/python -m cml_dgl_cli preprocess cml-pickle ../shared/data/retailrocket -o bench/out/retail --no-valid
     # device run: command "bash bench/gpu_check.sh", carry bench/out/vendor and bench/out/retail
 """
 
