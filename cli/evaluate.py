@@ -31,7 +31,11 @@ from .main import cli
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for --protocol both.")
 @handle_errors
 def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device, as_json):
-    """Evaluate a trained run on the test (or validation) split."""
+    """Evaluate a trained run on the test (or validation) split.
+
+    Also prints the users whose held-out item is among their own auxiliary training items
+    ("seen": viewed or carted, then bought) and the others ("new"), with their counts.
+    """
     from cml_dgl.eval.evaluate import evaluate
     from cml_dgl.runs import load_run
 
@@ -51,3 +55,6 @@ def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, datas
                    f"{run.checkpoint}):")
         for key, v in r["metrics"].items():
             click.echo(f"  {key:<10} {v:.4f}")
+        for name, group in r["groups"].items():
+            values = "  ".join(f"{k} {v:.4f}" for k, v in (group["metrics"] or {}).items())
+            click.echo(f"  {name} ({group['n_users']} users): {values or '-'}")

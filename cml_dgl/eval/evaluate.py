@@ -8,6 +8,11 @@ do not depend on how users are batched.
 The positive's score is always read from the same score computation as its competitors
 (a candidate row in the sampled protocol, a column of the chunk's score matrix in the full one),
 so items with identical embeddings give bit-identical scores and their ties are seen as ties.
+
+Every result also splits the users into two groups (:func:`seen_in_auxiliary`): ``seen``, whose
+held-out item is among their own training items of an auxiliary (non-target) behavior (a viewed or
+carted item later bought), and ``new``, the others; each with its count and metrics, the means of
+the same per-user values as the whole.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import torch
 
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
-from cml_dgl.eval.metrics import check_ks, check_tie_rule, metrics_from_bounds
+from cml_dgl.eval.metrics import check_ks, check_tie_rule, metrics_from_bounds, per_user_metrics
 
 if TYPE_CHECKING:  # scipy is imported where a mask is built: training and sampled evaluation run without it
     import scipy.sparse as sp
@@ -27,6 +32,7 @@ if TYPE_CHECKING:  # scipy is imported where a mask is built: training and sampl
 PROTOCOLS: tuple[str, ...] = ("sampled", "full")
 MASKS: tuple[str, ...] = ("target", "all")
 SPLITS: tuple[str, ...] = ("test", "valid")
+GROUPS: tuple[str, ...] = ("seen", "new")
 
 DEFAULT_MAX_CHUNK_ELEMS = 1 << 25
 """Score entries per chunk (32 Mi float32 = 128 MiB, plus a bool temporary of 32 MiB)."""
@@ -204,6 +210,34 @@ def training_mask(ds: Dataset, mask: str = "target", split: str = "valid") -> sp
     return m
 
 
+def seen_in_auxiliary(ds: Dataset, pairs: Any) -> np.ndarray:
+    """Per (user, item) pair: whether the item is among the user's training items of an auxiliary
+    (non-target) behavior. Only the dataset's training edges count, never a held-out pair."""
+    from cml_dgl.data.split import pairs_in_behaviors
+
+    found = pairs_in_behaviors(ds.train_user, ds.train_item, ds.train_behavior, _pairs(pairs), ds.n_items,
+                               ds.n_behaviors - 1)
+    return found.any(axis=1)
+
+
+def grouped_metrics(n_greater: np.ndarray, n_tied: np.ndarray, seen: np.ndarray, ks: Sequence[int],
+                    tie_rule: str = "expected", seed: int = 0) -> tuple[dict[str, float], dict[str, Any]]:
+    """``(metrics, groups)``: the mean of each per-user metric over all users (the value
+    :func:`~cml_dgl.eval.metrics.metrics_from_bounds` gives, the same draws for ``random``), and
+    ``{"seen": {"n_users", "metrics"}, "new": {...}}`` over the users where ``seen`` is true / false;
+    an empty group's metrics are ``None``."""
+    per_user = per_user_metrics(n_greater, n_tied, ks, tie_rule, np.random.default_rng(seed))
+    if len(per_user["mrr"]) == 0:
+        raise ValueError("no users to evaluate")
+    metrics = {name: float(values.mean()) for name, values in per_user.items()}
+    groups: dict[str, Any] = {}
+    for name, mask in zip(GROUPS, (seen, ~seen)):
+        n = int(mask.sum())
+        groups[name] = {"n_users": n, "metrics": None if n == 0 else
+                        {key: float(values[mask].mean()) for key, values in per_user.items()}}
+    return metrics, groups
+
+
 def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", protocol: str = "sampled",
              ks: Sequence[int] = (10, 20, 40), tie_rule: str = "expected", mask: str = "target",
              seed: int = 0, max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> list[dict[str, Any]]:
@@ -211,7 +245,8 @@ def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", 
 
     ``protocol``: ``sampled`` (positive vs ``<split>_negatives``), ``full`` (positive vs every item
     but the user's training items chosen by ``mask``) or ``both``. Each result is
-    ``{"protocol", "split", "tie_rule", "n_users", "metrics": {...}}``; ``mask`` is added for full.
+    ``{"protocol", "split", "tie_rule", "n_users", "metrics": {...}, "groups": {...}}``; ``mask`` is
+    added for full. ``groups`` holds the seen and new users (:func:`grouped_metrics`).
     """
     if split not in SPLITS:
         raise CmlError(f"unknown split {split!r}; expected one of {SPLITS}")
@@ -230,16 +265,18 @@ def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", 
     if n_users_emb != ds.n_users or n_items_emb != ds.n_items:
         raise CmlError(f"embeddings cover {n_users_emb} users / {n_items_emb} items, the dataset has "
                        f"{ds.n_users} / {ds.n_items} (embeddings of another dataset?)")
+    seen = seen_in_auxiliary(ds, pairs)
     results: list[dict[str, Any]] = []
     for proto in PROTOCOLS if protocol == "both" else (protocol,):
         if proto == "sampled":
-            metrics = evaluate_sampled(user_emb, item_emb, pairs, getattr(ds, f"{split}_negatives"), ks,
-                                       tie_rule, seed, max_chunk_elems=max_chunk_elems)
+            g, t = sampled_rank_bounds(user_emb, item_emb, pairs, getattr(ds, f"{split}_negatives"),
+                                       max_chunk_elems=max_chunk_elems)
             extra_fields: dict[str, Any] = {"n_negatives": int(getattr(ds, f"{split}_negatives").shape[1])}
         else:
-            metrics = evaluate_full(user_emb, item_emb, pairs, training_mask(ds, mask, split), ks, tie_rule, seed,
+            g, t = full_rank_bounds(user_emb, item_emb, pairs, training_mask(ds, mask, split),
                                     max_chunk_elems=max_chunk_elems)
             extra_fields = {"mask": mask}
+        metrics, groups = grouped_metrics(g, t, seen, ks, tie_rule, seed)
         results.append({"protocol": proto, "split": split, "tie_rule": tie_rule,
-                        "n_users": int(len(pairs)), **extra_fields, "metrics": metrics})
+                        "n_users": int(len(pairs)), **extra_fields, "metrics": metrics, "groups": groups})
     return results
