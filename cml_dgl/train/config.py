@@ -37,7 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "meta_optimizer": ("adamw", "sgd"),
     "cl_variant": losses.VARIANTS,
     "cl_similarity": losses.SIMILARITIES,
-    "monitor": ("valid", "test"),
+    "monitor": ("valid", "test", "none"),
     "monitor_metric": ("ndcg@10", "hr@10"),
     "tie_rule": TIE_RULES,
     "meta_users": ("auto", "rule"),

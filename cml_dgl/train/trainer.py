@@ -13,6 +13,14 @@ logged losses are summed on the device and read once per epoch. On CUDA the per-
 therefore measure the host side only (kernels run asynchronously); an epoch's ``seconds`` is
 exact, as evaluation synchronises. Distributed data parallelism (torchrun): see
 :mod:`cml_dgl.train.distributed`.
+
+Protocols (:func:`protocol`, in ``run.json`` and ``summary.json``): ``paper`` selects the epoch on
+the test split (``monitor: test``), ``honest`` on the validation split and reads the test split
+once, at the selected epoch (``monitor: valid``); ``monitor: none`` selects nothing and reads the
+test split once after the last epoch: ``honest-refit`` on a dataset written by
+:mod:`cml_dgl.train.refit` (training + validation purchases, the epochs chosen by an honest run),
+``fixed-epochs`` otherwise. A dataset without a test split (:mod:`cml_dgl.tune` hands trials one)
+is never scored on it.
 """
 
 from __future__ import annotations
@@ -23,14 +31,14 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 from tqdm import tqdm
 
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
-from cml_dgl.eval.evaluate import evaluate_sampled
+from cml_dgl.eval.evaluate import evaluate, evaluate_sampled
 from cml_dgl.models import registry
 from cml_dgl.train import faults
 from cml_dgl.train.config import dump
@@ -40,6 +48,23 @@ from cml_dgl.train.run_dir import RunDir, warn
 from cml_dgl.train.strategies import STRATEGIES, Timer
 
 RESUMABLE_KEYS = ("epochs", "patience", "device")
+
+#: ``on_epoch(epoch, row)``: called after each epoch's metrics line and checkpoints are written
+EpochCallback = Callable[[int, dict[str, Any]], None]
+
+
+def protocol(cfg: dict[str, Any], ds: Dataset) -> str:
+    """The evaluation protocol of a run (module docstring): paper, honest, honest-refit, fixed-epochs."""
+    if cfg["monitor"] == "test":
+        return "paper"
+    if cfg["monitor"] == "valid":
+        return "honest"
+    return "honest-refit" if "refit" in ds.options else "fixed-epochs"
+
+
+def _protocol_fields(cfg: dict[str, Any], ds: Dataset) -> dict[str, Any]:
+    name = protocol(cfg, ds)
+    return {"protocol": name, **({"refit_from": ds.options["refit"]["source_run"]} if name == "honest-refit" else {})}
 
 
 @dataclass
@@ -70,6 +95,7 @@ class Trainer:
         self.strategy = STRATEGIES[spec.strategy](self.model, ds, cfg, self.device, self.dist)
         self.state = TrainState()
         self.timer = Timer()
+        self.on_epoch: EpochCallback | None = None
 
     def steps_per_epoch(self) -> int:
         return self.strategy.steps_per_epoch()
@@ -80,6 +106,16 @@ class Trainer:
         user, item = self.model.embeddings()
         self.model.train()
         return user, item
+
+    def test_groups(self) -> dict[str, Any]:
+        """The seen / new users of the test split (:func:`cml_dgl.eval.evaluate.grouped_metrics`),
+        sampled protocol, at the current weights."""
+        user, item = self.embeddings()
+        res = evaluate(self.ds, user, item, split="test", ks=self.cfg["eval_ks"], tie_rule=self.cfg["tie_rule"],
+                       seed=self.cfg["seed"])[0]
+        return {name: {"n_users": g["n_users"],
+                       "metrics": None if g["metrics"] is None else {k: round(v, 6) for k, v in g["metrics"].items()}}
+                for name, g in res["groups"].items()}
 
     def evaluate(self, split: str) -> dict[str, float]:
         pairs = self.ds.valid if split == "valid" else self.ds.test
@@ -144,6 +180,7 @@ class Trainer:
                     "dataset": str(Path(self.ds.path).resolve()) if self.ds.path else None,
                     "id_map_checksum": self.ds.id_map_checksum(),
                     "test_selected": self.cfg["monitor"] == "test",
+                    **_protocol_fields(self.cfg, self.ds),
                     "device": str(self.device),
                     "sampler": self.strategy.sampler,
                     "torch": torch.__version__,
@@ -153,7 +190,10 @@ class Trainer:
             self._restore()
 
     # ------------------------------------------------------------------ main loop
-    def fit(self) -> dict[str, Any]:
+    def fit(self, on_epoch: EpochCallback | None = None) -> dict[str, Any]:
+        """Train to the end (or early stop) and write the summary; ``on_epoch`` sees each epoch's
+        row once it is on disk (an exception it raises stops training there: tune's pruning)."""
+        self.on_epoch = on_epoch
         cfg, s = self.cfg, self.state
         steps = self.steps_per_epoch()
         n_epochs = cfg["epochs"] if self.strategy.trains else 0
@@ -186,7 +226,8 @@ class Trainer:
         if cfg["monitor"] == "test":
             row["test"] = self.evaluate("test")
         self.timer.tick("eval", t)
-        value = row[cfg["monitor"]][cfg["monitor_metric"]]
+        # monitor none: no selection, the latest epoch is kept
+        value = float(epoch) if cfg["monitor"] == "none" else row[cfg["monitor"]][cfg["monitor_metric"]]
         improved = self.dist.broadcast_flag(value > s.best_value)
         if improved:
             s.best_value, s.best_epoch, s.wait = value, epoch, 0
@@ -199,10 +240,13 @@ class Trainer:
         self.rundir.save(self._state_dict(), self._info(), best=improved)
         if not self.quiet:
             print(json.dumps(row, sort_keys=True), flush=True)
+        if self.on_epoch is not None:
+            self.on_epoch(epoch, row)
 
     def summary(self) -> dict[str, Any]:
-        """Best epoch by the monitored metric; with monitor=valid the test split is evaluated once,
-        at the best checkpoint. Written to ``summary.json`` (by rank 0; the other ranks return {})."""
+        """Best epoch by the monitored metric; with monitor valid (none) the test split is evaluated
+        once, at the best (last) checkpoint, and with every monitor ``test_groups`` holds its seen and
+        new users there. Written to ``summary.json`` (by rank 0; the other ranks return {})."""
         if not self.dist.is_main:
             return {}
         s, cfg = self.state, self.cfg
@@ -210,24 +254,29 @@ class Trainer:
         best_row = next((r for r in rows if r["epoch"] == s.best_epoch), None)
         out: dict[str, Any] = {"monitor": cfg["monitor"], "monitor_metric": cfg["monitor_metric"],
                                "best_epoch": s.best_epoch, "epochs_run": s.epoch,
-                               "test_selected": cfg["monitor"] == "test", "tie_rule": cfg["tie_rule"]}
+                               "test_selected": cfg["monitor"] == "test", "tie_rule": cfg["tie_rule"],
+                               **_protocol_fields(cfg, self.ds)}
         if best_row is not None:
             out["best"] = {k: best_row[k] for k in ("valid", "test") if k in best_row}
         if cfg["monitor"] == "test" and rows:
             for key in rows[0].get("test", {}):
                 vals = [r["test"][key] for r in rows if "test" in r]
                 out.setdefault("best_per_metric", {})[key] = max(vals)
-        elif s.best_epoch >= 0:
+        if s.best_epoch >= 0 and len(self.ds.test):
+            selected_on_test = cfg["monitor"] == "test"
             try:
                 state = self.rundir.load_best(s.best_epoch)
             except CmlError as e:
-                out["test_at_best"] = None
-                out["warning"] = f"no test score at the best epoch: {e}"
-                warn(f"{e}; summary.json has no test_at_best")
+                if not selected_on_test:
+                    out["test_at_best"] = None
+                    out["warning"] = f"no test score at the best epoch: {e}"
+                warn(f"{e}; summary.json has no {'test_groups' if selected_on_test else 'test_at_best'}")
             else:
                 current = {k: v.clone() for k, v in self.model.state_dict().items()}  # state_dict aliases
                 self.model.load_state_dict(state["model"])
-                out["test_at_best"] = self.evaluate("test")
+                if not selected_on_test:
+                    out["test_at_best"] = self.evaluate("test")
+                out["test_groups"] = self.test_groups()
                 self.model.load_state_dict(current)
         self.rundir.write_summary(out)
         return out
