@@ -24,7 +24,7 @@ from cml_dgl.errors import CmlError
 from cml_dgl.export import export_embeddings
 from cml_dgl.runs import LoadedRun, load_run
 
-__all__ = ["load_dataset", "fit", "open_run", "evaluate", "recommend", "export_embeddings"]
+__all__ = ["load_dataset", "fit", "refit", "open_run", "evaluate", "recommend", "export_embeddings"]
 
 
 def _overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
@@ -57,6 +57,17 @@ def fit(dataset: Dataset | str | Path, out: str | Path, *, model: str | None = N
     trainer.prepare_run_dir(overwrite=overwrite)
     trainer.fit()
     return load_run(out, "best", dataset=ds)
+
+
+def refit(run_dir: str | Path, out: str | Path, *, dataset: Dataset | str | Path | None = None,
+          overwrite: bool = False, quiet: bool = True) -> LoadedRun:
+    """The honest refit of a finished honest run (as ``cml refit``): retrain on training +
+    validation purchases for its selected number of epochs, read the test split once, and open the
+    new run (``out``; protocol ``honest-refit``). See :mod:`cml_dgl.train.refit`."""
+    from cml_dgl.train.refit import refit as refit_run
+
+    refit_run(run_dir, out, dataset=dataset, overwrite=overwrite, quiet=quiet)
+    return load_run(out, "best")
 
 
 def open_run(run_dir: str | Path, checkpoint: str = "best", dataset: Dataset | str | Path | None = None,
