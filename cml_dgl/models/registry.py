@@ -8,6 +8,10 @@ tests (``tests/contract.py``) then run over it.
 Strategies (carried out by :mod:`cml_dgl.train.strategies`): ``meta`` is CML's three phases
 (paper Eq. 8), ``pair`` one BPR step per batch of training edges, ``none`` no training (the model
 is evaluated as built).
+
+Search spaces (``search_space``, used by ``cml tune``): one distribution per config key
+(:mod:`cml_dgl.models.search_space`); a model without one (nothing to tune, e.g. popularity) has
+an empty space, and tune refuses it.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from cml_dgl.errors import CmlError
 from cml_dgl.models.base import Recommender
 from cml_dgl.models.baselines import MF, LightGCN, Popularity
 from cml_dgl.models.cml import CML
+from cml_dgl.models.search_space import Choice, Distribution, IntRange, LogUniform
 
 STRATEGIES = ("meta", "pair", "none")
 
@@ -28,7 +33,8 @@ STRATEGIES = ("meta", "pair", "none")
 @dataclass(frozen=True)
 class ModelSpec:
     """One registered model. ``options`` go to ``cls.from_config``; ``defaults`` are config keys
-    this model sets over ``presets/defaults.yaml`` (below any preset, file or ``--set``)."""
+    this model sets over ``presets/defaults.yaml`` (below any preset, file or ``--set``);
+    ``search_space`` maps the config keys ``cml tune`` searches to their distributions."""
 
     name: str
     cls: type[Recommender]
@@ -36,21 +42,43 @@ class ModelSpec:
     summary: str
     options: Mapping[str, Any] = field(default_factory=dict)
     defaults: Mapping[str, Any] = field(default_factory=dict)
+    search_space: Mapping[str, Distribution] = field(default_factory=dict)
 
     def build(self, ds: Any, cfg: dict[str, Any], device: torch.device) -> Recommender:
         return self.cls.from_config(ds, cfg, device, **self.options)
 
 
+#: the learning rates of the pairwise baselines' AdamW cycle, and their L2 weight
+_PAIR_SPACE: dict[str, Distribution] = {
+    "dim": Choice((16, 32, 64, 128)),
+    "reg": LogUniform(1e-5, 1e-1),
+    "opt_base_lr": LogUniform(1e-4, 1e-2),
+    "opt_max_lr": LogUniform(1e-3, 5e-2, at_least="opt_base_lr"),
+}
+_GRAPH_SPACE: dict[str, Distribution] = {"dim": _PAIR_SPACE["dim"], "n_layers": IntRange(1, 4),
+                                         **{k: v for k, v in _PAIR_SPACE.items() if k != "dim"}}
+_CML_SPACE: dict[str, Distribution] = {
+    "dim": Choice((16, 32, 64)),
+    "n_layers": IntRange(1, 4),
+    "reg": LogUniform(1e-4, 1e-1),
+    "beta": LogUniform(1e-4, 1e-1),
+    "cl_temperature": LogUniform(2.0, 64.0),
+    "opt_base_lr": LogUniform(1e-5, 1e-3),
+    "opt_max_lr": LogUniform(3e-4, 1e-2, at_least="opt_base_lr"),
+    "lr_clone": LogUniform(1e-5, 1e-3),
+    "meta_opt_max_lr": LogUniform(1e-4, 1e-2, at_least="meta_opt_base_lr"),
+}
+
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("cml", CML, "meta", "CML (the paper's model): behavior-aware encoder, contrastive views, "
-              "meta-learned weights"),
+              "meta-learned weights", search_space=_CML_SPACE),
     ModelSpec("pop", Popularity, "none", "items by their number of training interactions, every behavior"),
     ModelSpec("pop-target", Popularity, "none", "items by their number of training purchases",
               options={"target_only": True}),
-    ModelSpec("mf", MF, "pair", "BPR matrix factorisation on the purchases"),
-    ModelSpec("lightgcn", LightGCN, "pair", "LightGCN on the purchase graph"),
+    ModelSpec("mf", MF, "pair", "BPR matrix factorisation on the purchases", search_space=_PAIR_SPACE),
+    ModelSpec("lightgcn", LightGCN, "pair", "LightGCN on the purchase graph", search_space=_GRAPH_SPACE),
     ModelSpec("lightgcn-merged", LightGCN, "pair", "LightGCN on every behavior merged into one graph",
-              options={"merged": True}),
+              options={"merged": True}, search_space=_GRAPH_SPACE),
 )}
 
 MODELS: tuple[str, ...] = tuple(REGISTRY)
@@ -59,6 +87,16 @@ MODELS: tuple[str, ...] = tuple(REGISTRY)
 def markdown_table() -> str:
     """The rows of the model table in ``docs/usage.md`` (between its ``models:begin/end`` marks)."""
     return "\n".join(f"| `{s.name}` | `{s.strategy}` | {s.summary} |" for s in REGISTRY.values())
+
+
+def search_space_table() -> str:
+    """The rows of the search-space table in ``docs/usage.md`` (between its ``search-spaces:begin/end``
+    marks): one per model and key, models without a space listed as such."""
+    rows = []
+    for s in REGISTRY.values():
+        rows += [f"| `{s.name}` | `{key}` | {dist.describe()} |" for key, dist in s.search_space.items()] or \
+            [f"| `{s.name}` | | none: nothing to tune |"]
+    return "\n".join(rows)
 
 
 def spec(name: str) -> ModelSpec:
