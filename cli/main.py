@@ -21,7 +21,7 @@ def cli() -> None:
 
 def _register() -> None:
     # each module adds its commands to ``cli``
-    for name in ("preprocess", "train", "evaluate", "export", "demo", "refit"):
+    for name in ("preprocess", "train", "evaluate", "export", "demo", "refit", "tune"):
         importlib.import_module(f".{name}", __package__)
 
 

@@ -2,7 +2,7 @@
 
 Importing the package needs numpy only; torch is imported by the first API call, and DGL lazily
 by the DGL backend. The Python API (:mod:`cml_dgl.api`): :func:`load_dataset`, :func:`fit`,
-:func:`refit`, :func:`open_run`, :func:`evaluate`, :func:`recommend`, :func:`export_embeddings`.
+:func:`refit`, :func:`tune`, :func:`open_run`, :func:`evaluate`, :func:`recommend`, :func:`export_embeddings`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from cml_dgl.errors import CmlError
 
 __version__ = "0.1.0"
 
-_API = ("load_dataset", "fit", "refit", "open_run", "evaluate", "recommend", "export_embeddings")
+_API = ("load_dataset", "fit", "refit", "tune", "open_run", "evaluate", "recommend", "export_embeddings")
 
 __all__ = ["CmlError", "__version__", *_API]
 

@@ -24,7 +24,7 @@ from cml_dgl.errors import CmlError
 from cml_dgl.export import export_embeddings
 from cml_dgl.runs import LoadedRun, load_run
 
-__all__ = ["load_dataset", "fit", "refit", "open_run", "evaluate", "recommend", "export_embeddings"]
+__all__ = ["load_dataset", "fit", "refit", "tune", "open_run", "evaluate", "recommend", "export_embeddings"]
 
 
 def _overrides(overrides: Mapping[str, Any] | Iterable[str] | None) -> list[str]:
@@ -68,6 +68,21 @@ def refit(run_dir: str | Path, out: str | Path, *, dataset: Dataset | str | Path
 
     refit_run(run_dir, out, dataset=dataset, overwrite=overwrite, quiet=quiet)
     return load_run(out, "best")
+
+
+def tune(dataset: Dataset | str | Path, out: str | Path, *, model: str, trials: int, presets: Sequence[str] = (),
+         config: str | Path | None = None, overrides: Mapping[str, Any] | Iterable[str] | None = None,
+         seed: int | None = None, startup_trials: int = 5, warmup_epochs: int = 5, pruner: Any = None,
+         quiet: bool = True) -> dict[str, Any]:
+    """Search ``model``'s hyperparameters on the validation split (as ``cml tune``; the test split
+    is never read) in the study folder ``out``, up to ``trials`` trials in all; returns the study's
+    summary (``best_config``: ``out/best.yaml``, for :func:`fit`'s ``config``). Needs optuna
+    (``pip install 'cml-dgl[tune]'``). See :mod:`cml_dgl.tuning`."""
+    from cml_dgl.tuning import tune as tune_study
+
+    return tune_study(dataset, out, model=model, trials=trials, presets=presets, config=config,
+                      overrides=_overrides(overrides), seed=seed, startup_trials=startup_trials,
+                      warmup_epochs=warmup_epochs, pruner=pruner, quiet=quiet)
 
 
 def open_run(run_dir: str | Path, checkpoint: str = "best", dataset: Dataset | str | Path | None = None,

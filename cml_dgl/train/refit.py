@@ -1,7 +1,7 @@
 """The honest refit: retrain a finished honest run on training + validation purchases for exactly
 the number of epochs it selected, then read the test split once.
 
-An honest run (``monitor: valid``) chooses its epoch (and, through :mod:`cml_dgl.tune`, its
+An honest run (``monitor: valid``) chooses its epoch (and, through :mod:`cml_dgl.tuning`, its
 hyperparameters) on each user's validation purchase, which therefore never trains the model: the
 newest purchase before the test item is lost to it. The refit gives it back without reopening the
 selection:

@@ -19,7 +19,7 @@ the test split (``monitor: test``), ``honest`` on the validation split and reads
 once, at the selected epoch (``monitor: valid``); ``monitor: none`` selects nothing and reads the
 test split once after the last epoch: ``honest-refit`` on a dataset written by
 :mod:`cml_dgl.train.refit` (training + validation purchases, the epochs chosen by an honest run),
-``fixed-epochs`` otherwise. A dataset without a test split (:mod:`cml_dgl.tune` hands trials one)
+``fixed-epochs`` otherwise. A dataset without a test split (:mod:`cml_dgl.tuning` hands trials one)
 is never scored on it.
 """
 
