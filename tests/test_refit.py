@@ -64,7 +64,7 @@ def test_the_refit_dataset_refuses_what_would_make_it_unfair(honest):
 
 def test_refit_retrains_for_the_selected_epochs_and_reads_the_test_split_once(honest, tmp_path):
     out = tmp_path / "refit"
-    line = json.loads(run_cli_ok("refit", honest / "honest", "-o", out, "--quiet").output.splitlines()[-1])
+    line = json.loads(run_cli_ok("refit", honest / "honest", "-o", out, "--quiet").stdout.splitlines()[-1])
     source = json.loads((honest / "honest" / "summary.json").read_text())
     summary = json.loads((out / "summary.json").read_text())
     info = json.loads((out / "run.json").read_text())

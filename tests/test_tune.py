@@ -95,7 +95,7 @@ def test_suggest_draws_from_each_distribution():
 def study_dir(ds_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("study") / "out"
     res = run_cli_ok("tune", ds_dir, "--trials", "3", "-o", out, *TUNE)
-    return out, res.output
+    return out, res.stdout
 
 
 def test_a_study_reports_each_epoch_and_writes_its_files(study_dir):
@@ -140,13 +140,13 @@ def test_a_rerun_continues_the_study_up_to_the_total(study_dir, ds_dir, tmp_path
 
     out = tmp_path / "out"
     shutil.copytree(study_dir[0], out)
-    more = run_cli_ok("tune", ds_dir, "--trials", "4", "-o", out, *TUNE).output
+    more = run_cli_ok("tune", ds_dir, "--trials", "4", "-o", out, *TUNE).stdout
     assert [r["trial"] for r in trial_lines(more)] == [3] and len(load_study(out).trials) == 4
-    again = run_cli_ok("tune", ds_dir, "--trials", "4", "-o", out, *TUNE, "--quiet").output
+    again = run_cli_ok("tune", ds_dir, "--trials", "4", "-o", out, *TUNE, "--quiet").stdout
     assert trial_lines(again) == [] and len(load_study(out).trials) == 4
     # a trial left running by an interrupted process: failed, not counted, done again
     load_study(out).ask()
-    resumed = run_cli_ok("tune", ds_dir, "--trials", "5", "-o", out, *TUNE).output
+    resumed = run_cli_ok("tune", ds_dir, "--trials", "5", "-o", out, *TUNE).stdout
     states = [t.state for t in load_study(out).trials]
     assert [r["trial"] for r in trial_lines(resumed)] == [5] and states[4] == optuna.trial.TrialState.FAIL
     assert len(states) == 6 and json.loads(resumed.splitlines()[-1])["trials"]["fail"] == 1
