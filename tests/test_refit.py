@@ -81,6 +81,8 @@ def test_refit_retrains_for_the_selected_epochs_and_reads_the_test_split_once(ho
     assert again["metrics"]["ndcg@10"] == pytest.approx(summary["test_at_best"]["ndcg@10"], abs=1e-6)
     assert summary["test_groups"]["new"]["n_users"] + summary["test_groups"]["seen"]["n_users"] == 30
     assert len(load_dataset(out / "dataset").edges(2)[0]) == len(load_dataset(honest / "ds").edges(2)[0]) + 30
+    resumed = json.loads(run_cli_ok("train", "--resume", out, "--quiet").stdout.splitlines()[-1])
+    assert {k: v for k, v in resumed.items() if k != "run_dir"} == summary  # an ordinary, resumable run
 
 
 def test_the_refit_model_learns_from_the_validation_purchases(honest, tmp_path):
