@@ -15,7 +15,6 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
@@ -64,7 +63,7 @@ class Recommender(nn.Module):
         return score_rows(user, item, users, items)
 
     @torch.no_grad()
-    def recommend(self, users: Tensor | np.ndarray, k: int, exclude: sp.spmatrix | None = None,
+    def recommend(self, users: Tensor | np.ndarray, k: int, exclude: Any = None,
                   chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
         """Top-``k`` items of each of ``users``: ``(items (n, k'), scores (n, k'))``, best first.
 
@@ -85,7 +84,7 @@ def score_rows(user: Tensor, item: Tensor, users: Tensor, items: Tensor) -> Tens
     return (u * i).sum(-1)
 
 
-def top_k(user: Tensor, item: Tensor, users: Tensor | np.ndarray, k: int, *, exclude: sp.spmatrix | None = None,
+def top_k(user: Tensor, item: Tensor, users: Tensor | np.ndarray, k: int, *, exclude: Any = None,
           chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
     """Chunked top-``k`` of :math:`user[u] \\cdot item^T` over any number of users (see
     :meth:`Recommender.recommend`); results on the CPU."""
@@ -97,7 +96,7 @@ def top_k(user: Tensor, item: Tensor, users: Tensor | np.ndarray, k: int, *, exc
     if len(users) and (int(users.min()) < 0 or int(users.max()) >= n_users):
         raise CmlError(f"user indices must lie in [0, {n_users}), got {int(users.min())}..{int(users.max())}")
     if exclude is not None:
-        exclude = sp.csr_matrix(exclude)
+        exclude = exclude.tocsr()
         if exclude.shape != (n_users, n_items):
             raise CmlError(f"exclude has shape {exclude.shape}, expected {(n_users, n_items)}")
     kk = min(k, n_items)
