@@ -90,7 +90,7 @@ def user_indices(ds: Dataset, raw_users: Sequence[Any] | np.ndarray) -> np.ndarr
     found = ids[order][pos] == raw
     if not found.all():
         bad = raw[~found][0]
-        raise CmlError(f"unknown user {bad!r}: not in the dataset's user id map ({len(ids)} users)")
+        raise CmlError(f"unknown user {bad.item()!r}: not in the dataset's user id map ({len(ids)} users)")
     return order[pos].astype(np.int64)
 
 
