@@ -18,7 +18,7 @@ from cli.main import cli
 @click.option("--items", type=click.IntRange(min=400), default=3000, show_default=True,
               help="Items in the generated log.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--seed", type=int, default=2023, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=2023, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty --out directory.")
 @handle_errors
 def demo(out, users, items, epochs, seed, overwrite):

@@ -33,7 +33,7 @@ SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backen
 @click.option("--epochs", type=click.IntRange(min=0), default=None, help="Number of epochs (config default 200).")
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs without improvement of the monitored metric.")
-@click.option("--seed", type=int, default=None, help="Seed of every random draw (config default 2023).")
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed of every random draw (config default 2023).")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
               help="auto: CUDA when torch sees a GPU, else CPU.")
 @click.option("--backend", type=click.Choice(["auto", "dgl", "torch"]), default=None,
