@@ -28,6 +28,20 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+class DeviceName(click.ParamType):
+    """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether GPU N exists is checked when it is used)."""
+
+    name = "auto|cpu|cuda|cuda:N"
+
+    def convert(self, value: Any, param: Any, ctx: Any) -> str:
+        from cml_dgl.train.config import check_device_name
+
+        try:
+            return check_device_name(str(value), "the device")
+        except CmlError as e:
+            self.fail(str(e), param, ctx)
+
+
 def parse_int_list(value: str, name: str) -> list[int]:
     try:
         out = [int(x) for x in value.split(",") if x.strip()]

@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.common import handle_errors, parse_int_list
+from cli.common import DeviceName, handle_errors, parse_int_list
 from cli.main import cli
 
 
@@ -25,16 +25,21 @@ from cli.main import cli
               default="expected", show_default=True,
               help="expected: exact average over random orders of tied items (no credit for luck).")
 @click.option("--dataset", type=click.Path(), default=None, help="Dataset directory (default: the run's).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=DeviceName(), default="cpu", show_default=True,
+              help="Device to score on: cpu, cuda, cuda:N (GPU N) or auto.")
+@click.option("--allow-changed-dataset", is_flag=True,
+              help="Go ahead when the dataset's files changed since the run was trained.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for --protocol both.")
 @handle_errors
-def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device, as_json):
+def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device,
+                 allow_changed_dataset, as_json):
     """Evaluate a trained run on the test (or validation) split."""
     from cml_dgl.eval.evaluate import evaluate
     from cml_dgl.runs import load_run
 
     cutoffs = parse_int_list(ks, "-k")
-    run = load_run(run_dir, checkpoint, dataset=dataset, device=device)
+    run = load_run(run_dir, checkpoint, dataset=dataset, device=device,
+                   allow_changed_dataset=allow_changed_dataset)
     user, item = run.embeddings()
     results = evaluate(run.ds, user, item, split=split, protocol=protocol, ks=cutoffs,
                        tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"])

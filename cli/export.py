@@ -18,13 +18,15 @@ from cli.main import cli
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
 @click.option("--dataset", type=click.Path(), default=None, help="Dataset directory (default: the run's).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing output directory.")
+@click.option("--allow-changed-dataset", is_flag=True,
+              help="Go ahead when the dataset's files changed since the run was trained.")
 @handle_errors
-def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite):
+def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite, allow_changed_dataset):
     """Write user and item embeddings with their raw ids, the per-user meta weights and a manifest."""
     from cml_dgl.export import export_embeddings
     from cml_dgl.runs import load_run
 
-    run = load_run(run_dir, checkpoint, dataset=dataset)
+    run = load_run(run_dir, checkpoint, dataset=dataset, allow_changed_dataset=allow_changed_dataset)
     manifest = export_embeddings(run, out, fmt=fmt, per_behavior=per_behavior, overwrite=overwrite)
     click.echo(f"wrote {', '.join(manifest['tables'])} ({manifest['n_users']} users, "
                f"{manifest['n_items']} items, d={manifest['dim']}) to {out}")
@@ -37,14 +39,16 @@ def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite):
 @click.option("--include-purchased", is_flag=True, help="Do not exclude the user's training purchases.")
 @click.option("--checkpoint", default="best", show_default=True, help="best, last, or a checkpoint path.")
 @click.option("--dataset", type=click.Path(), default=None, help="Dataset directory (default: the run's).")
+@click.option("--allow-changed-dataset", is_flag=True,
+              help="Go ahead when the dataset's files changed since the run was trained.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @handle_errors
-def recommend_cmd(run_dir, raw_user, k, include_purchased, checkpoint, dataset, as_json):
+def recommend_cmd(run_dir, raw_user, k, include_purchased, checkpoint, dataset, allow_changed_dataset, as_json):
     """Top-k raw item ids with scores for one user."""
     from cml_dgl.export import recommend
     from cml_dgl.runs import load_run
 
-    run = load_run(run_dir, checkpoint, dataset=dataset)
+    run = load_run(run_dir, checkpoint, dataset=dataset, allow_changed_dataset=allow_changed_dataset)
     recs = recommend(run, raw_user, k=k, include_purchased=include_purchased)
     if as_json:
         click.echo(json.dumps(recs))

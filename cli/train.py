@@ -6,9 +6,8 @@ import json
 from pathlib import Path
 
 import click
-import yaml
 
-from cli.common import handle_errors
+from cli.common import DeviceName, handle_errors
 from cli.main import cli
 from cml_dgl.errors import CmlError
 
@@ -34,8 +33,8 @@ SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backen
 @click.option("--patience", type=click.IntRange(min=1), default=None,
               help="Stop after this many epochs without improvement of the monitored metric.")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=None, help="Seed of every random draw (config default 2023).")
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]), default=None,
-              help="auto: CUDA when torch sees a GPU, else CPU.")
+@click.option("--device", type=DeviceName(), default=None,
+              help="auto: CUDA when torch sees a GPU, else CPU; cuda:N for GPU N.")
 @click.option("--backend", type=click.Choice(["auto", "dgl", "torch"]), default=None,
               help="Message passing: DGL HeteroGraphConv (CPU) or pure torch (any device); auto picks DGL on CPU when it imports.")
 @click.option("--monitor", type=click.Choice(["valid", "test"]), default=None,
@@ -43,9 +42,12 @@ SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backen
 @click.option("--resume", "resume_dir", type=click.Path(path_type=Path), default=None,
               help="Continue the run in this directory from its last checkpoint.")
 @click.option("--overwrite", is_flag=True, help="Replace the contents of an existing run directory.")
+@click.option("--allow-changed-dataset", is_flag=True,
+              help="--resume: go ahead when the dataset's files changed since the run was trained.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-epoch JSON lines on stdout.")
 @handle_errors
-def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwrite, quiet, **shortcuts):
+def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwrite, allow_changed_dataset,
+          quiet, **shortcuts):
     """Train CML (or a baseline) on DATASET into a run directory.
 
     One JSON line per epoch goes to RUN_DIR/metrics.jsonl (and stdout). Checkpoints `last` and
@@ -58,6 +60,7 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
     from cml_dgl.data.dataset import load_dataset
     from cml_dgl.train import config as config_mod
     from cml_dgl.train import distributed
+    from cml_dgl.train.run_dir import RunDir
     from cml_dgl.train.trainer import RESUMABLE_KEYS, Trainer
 
     sets = list(overrides) + [f"{k}={v}" for k, v in shortcuts.items() if v is not None]
@@ -70,13 +73,13 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
             raise CmlError(f"{run_dir}: not a run directory (no config.yaml) to resume")
         if presets or config_file:
             raise CmlError("--resume takes the run's saved config; --preset/--config are not allowed")
-        saved = yaml.safe_load(cfg_path.read_text())
-        cfg = config_mod.resolve(base=saved)
+        saved = config_mod.read_config_file(cfg_path)
+        cfg = config_mod.resolve(base=saved, base_where=str(cfg_path))
         for item in sets:
             key, value = config_mod.parse_set(item)
             if key not in RESUMABLE_KEYS and cfg.get(key) != value:
                 raise CmlError(f"--resume: {key} cannot change in a resumed run (only {', '.join(RESUMABLE_KEYS)})")
-        cfg = config_mod.resolve(base=saved, overrides=sets)
+        cfg = config_mod.resolve(base=saved, overrides=sets, base_where=str(cfg_path))
         if dataset is None:
             try:
                 recorded = json.loads((Path(run_dir) / "run.json").read_text()).get("dataset")
@@ -92,6 +95,8 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
     ds = load_dataset(dataset)
     dist = distributed.init_from_env(cfg["device"])  # torchrun: one process per rank
     try:
+        if resume_dir is not None:  # before the trainer, which would refuse a --no-valid rebuild less clearly
+            RunDir(run_dir, is_main=dist.is_main).check_dataset(ds, allow_changed_dataset)
         trainer = Trainer(ds, cfg, run_dir, quiet=quiet, dist=dist)
         trainer.prepare_run_dir(overwrite=overwrite, resume=resume_dir is not None)
         summary = trainer.fit()
