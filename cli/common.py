@@ -28,6 +28,23 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def threads_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Add ``--threads N`` to a command and set torch's threads before it runs (without the option:
+    ``CML_THREADS``, read by :func:`cml_dgl.threads.set_threads`, which names it when malformed)."""
+    from cml_dgl.threads import ENV, MAX_THREADS
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, threads: int | None = None, **kwargs: Any) -> Any:
+        from cml_dgl.threads import set_threads
+
+        set_threads(threads)
+        return fn(*args, **kwargs)
+
+    return click.option("--threads", type=click.IntRange(1, MAX_THREADS), default=None, metavar="N",
+                        help=f"CPU threads torch computes with [default: ${ENV}, else one per core]. On a "
+                             "machine shared with busy processes use fewer (see docs/usage.md).")(wrapper)
+
+
 class DeviceName(click.ParamType):
     """``auto``, ``cpu``, ``cuda`` or ``cuda:N`` (whether GPU N exists is checked when it is used)."""
 

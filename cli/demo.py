@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import handle_errors
+from cli.common import handle_errors, threads_option
 from cli.main import cli
 
 
@@ -21,6 +21,7 @@ from cli.main import cli
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=2023, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty --out directory.")
 @handle_errors
+@threads_option
 def demo(out, users, items, epochs, seed, overwrite):
     """Generate a realistic synthetic shop log and run the whole pipeline on it.
 
@@ -43,6 +44,7 @@ def demo(out, users, items, epochs, seed, overwrite):
               help="Where to write the PNGs and report.md (default: RUN_DIR).")
 @click.option("--checkpoint", default="best", show_default=True, help="Checkpoint for the meta weights.")
 @handle_errors
+@threads_option
 def report(run_dir, out, checkpoint):
     """Plot losses and validation metrics per epoch and the meta weights; write report.md."""
     from cml_dgl.export import meta_contrastive_weights

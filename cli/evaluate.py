@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.common import DeviceName, handle_errors, parse_int_list
+from cli.common import DeviceName, handle_errors, parse_int_list, threads_option
 from cli.main import cli
 
 
@@ -31,6 +31,7 @@ from cli.main import cli
               help="Go ahead when the dataset's files changed since the run was trained.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for --protocol both.")
 @handle_errors
+@threads_option
 def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device,
                  allow_changed_dataset, as_json):
     """Evaluate a trained run on the test (or validation) split."""

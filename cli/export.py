@@ -6,7 +6,7 @@ import json
 
 import click
 
-from cli.common import handle_errors
+from cli.common import handle_errors, threads_option
 from cli.main import cli
 
 
@@ -21,6 +21,7 @@ from cli.main import cli
 @click.option("--allow-changed-dataset", is_flag=True,
               help="Go ahead when the dataset's files changed since the run was trained.")
 @handle_errors
+@threads_option
 def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite, allow_changed_dataset):
     """Write user and item embeddings with their raw ids, the per-user meta weights and a manifest."""
     from cml_dgl.export import export_embeddings
@@ -43,6 +44,7 @@ def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite, 
               help="Go ahead when the dataset's files changed since the run was trained.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON list.")
 @handle_errors
+@threads_option
 def recommend_cmd(run_dir, raw_user, k, include_purchased, checkpoint, dataset, allow_changed_dataset, as_json):
     """Top-k raw item ids with scores for one user."""
     from cml_dgl.export import recommend

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from cli.common import DeviceName, handle_errors
+from cli.common import DeviceName, handle_errors, threads_option
 from cli.main import cli
 from cml_dgl.errors import CmlError
 
@@ -46,6 +46,7 @@ SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backen
               help="--resume: go ahead when the dataset's files changed since the run was trained.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-epoch JSON lines on stdout.")
 @handle_errors
+@threads_option
 def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwrite, allow_changed_dataset,
           quiet, **shortcuts):
     """Train CML (or a baseline) on DATASET into a run directory.
