@@ -12,7 +12,8 @@ from cml_dgl.errors import CmlError
 
 
 def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn a CmlError (or an interrupted write) into ``error: ...`` on stderr and exit code 2."""
+    """Turn a CmlError (or an interrupted write) into ``error: ...`` on stderr and exit code 2, and
+    Ctrl-C into exit code 130."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -24,6 +25,9 @@ def handle_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except MemoryError:
             click.echo("error: out of memory (try a smaller chunk size or dataset)", err=True)
             sys.exit(2)
+        except KeyboardInterrupt:  # Ctrl-C: outputs are atomic, so nothing half-written is left
+            click.echo("interrupted", err=True)
+            sys.exit(130)
 
     return wrapper
 

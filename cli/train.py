@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import sys
 from pathlib import Path
 
 import click
@@ -12,6 +14,18 @@ from cli.main import cli
 from cml_dgl.errors import CmlError
 
 SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backend", "monitor")
+
+
+def _interrupted(rundir, cfg: dict, saved: dict) -> None:
+    """Ctrl-C: say where the run stands and the command that continues it."""
+    epoch = rundir.last_epoch() if (rundir.path / "config.yaml").is_file() else None
+    if epoch is None and not (rundir.path / "config.yaml").is_file():
+        click.echo(f"interrupted before {rundir.path} was created; nothing to resume", err=True)
+        return
+    extra = "".join(f" --{k} {cfg[k]}" for k in ("epochs", "patience") if cfg[k] != saved.get(k, cfg[k]))
+    state = f"its last checkpoint holds epoch {epoch}" if epoch is not None else "it has no checkpoint yet"
+    click.echo(f"interrupted: {rundir.path} is kept and {state}; continue it with: "
+               f"cml train --resume {shlex.quote(str(rundir.path))}{extra}", err=True)
 
 
 @cli.command("train")
@@ -95,12 +109,17 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
         cfg = config_mod.resolve(presets, config_file, sets)
     ds = load_dataset(dataset)
     dist = distributed.init_from_env(cfg["device"])  # torchrun: one process per rank
+    rundir = RunDir(run_dir, is_main=dist.is_main)
     try:
         if resume_dir is not None:  # before the trainer, which would refuse a --no-valid rebuild less clearly
-            RunDir(run_dir, is_main=dist.is_main).check_dataset(ds, allow_changed_dataset)
+            rundir.check_dataset(ds, allow_changed_dataset)
         trainer = Trainer(ds, cfg, run_dir, quiet=quiet, dist=dist)
         trainer.prepare_run_dir(overwrite=overwrite, resume=resume_dir is not None)
         summary = trainer.fit()
+    except KeyboardInterrupt:
+        if dist.is_main:
+            _interrupted(rundir, cfg, saved if resume_dir is not None else cfg)
+        sys.exit(130)
     finally:
         distributed.shutdown(dist)
     if dist.is_main:

@@ -16,6 +16,7 @@ from typing import Any
 from cml_dgl.data.dataset import Dataset, fingerprint_changes
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from cml_dgl.interrupts import deferred_sigint
 from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -85,17 +86,28 @@ class RunDir:
     def save(self, state: dict[str, Any], info: dict[str, Any], best: bool) -> None:
         """best.pt (when improved) first, then last.pt; the old last.pt becomes prev.pt only once
         the new one is complete. A kill at any moment leaves last.pt (or prev.pt) at an epoch from
-        which a resume re-runs the later epochs exactly, and re-writes best.pt if they improve."""
+        which a resume re-runs the later epochs exactly, and re-writes best.pt if they improve; a
+        Ctrl-C waits until both files are written."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         last, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
-        if best:
-            save_checkpoint(self.ckpt_dir / "best.pt", state, info)
 
         def rotate() -> None:
             if last.exists():
                 os.replace(last, prev)
 
-        save_checkpoint(last, state, info, before_rename=rotate)
+        with deferred_sigint():  # a Ctrl-C here waits until last.pt is complete
+            if best:
+                save_checkpoint(self.ckpt_dir / "best.pt", state, info)
+            save_checkpoint(last, state, info, before_rename=rotate)
+
+    def last_epoch(self) -> int | None:
+        """The epoch of the checkpoint a resume would continue from (None: no usable one)."""
+        for name in ("last.pt", "prev.pt"):
+            try:
+                return int(load_checkpoint(self.ckpt_dir / name)[1]["epoch"])
+            except (CmlError, KeyError, TypeError, ValueError):
+                continue
+        return None
 
     def load_latest(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The checkpoint to resume from: last.pt, else prev.pt (a corrupt last.pt is renamed
