@@ -108,6 +108,8 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
         data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as e:
         raise CmlError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
+    except (ValueError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse (!!int x)
+        raise CmlError(f"{where}: not valid YAML (a value does not fit its tag: {quote(str(e))})") from None
     except RecursionError:  # belt and braces: MAX_DEPTH stops the composer long before this
         raise CmlError(f"{where}: not valid YAML (nested too deeply)") from None
     if data is None:
@@ -221,9 +223,12 @@ def parse_set(item: str) -> tuple[str, Any]:
         raise CmlError(f"{where}: expected key=value")
     key, raw = item.split("=", 1)
     key = key.strip()
-    if "\n" in raw or "\r" in raw:
+    if any(c in raw for c in "\n\r\x85\u2028\u2029"):  # YAML's line breaks
         raise CmlError(f"{where}: expected the value on one line")
-    value = _read_yaml(f"v: {raw}", where)["v"] if raw.strip() else ""
+    parsed = _read_yaml(f"v: {raw}", where) if raw.strip() else {"v": ""}
+    if list(parsed) != ["v"]:
+        raise CmlError(f"{where}: expected one value after '='")
+    value = parsed["v"]
     if isinstance(value, str):
         try:
             value = float(value) if any(c in value for c in ".eE") else value
