@@ -53,9 +53,17 @@ def test_long_values_are_quoted_short():
         config.resolve(overrides=["model=" + "x" * 100_000])
     msg = str(e.value)
     assert len(msg) < 450 and "(100,002 characters)" in msg and msg.count("x") < 300
-    with pytest.raises(CmlError) as e:
-        config.resolve(overrides=["dim=1\nepochs: 3"])
-    assert "\n" not in str(e.value) and "expected the value on one line" in str(e.value)
+    for item in ("dim=1\nepochs: 3", "dim=1\u2028epochs: 3", "dim=1\x85v: 3"):  # YAML's line breaks
+        with pytest.raises(CmlError) as e:
+            config.resolve(overrides=[item])
+        assert "\n" not in str(e.value) and "expected the value on one line" in str(e.value)
+
+
+@pytest.mark.parametrize("item", ["activation=!!float 1 nan", "dim=!!int 3 x", "seed=!!timestamp 2001-13-99"])
+def test_tagged_values_that_do_not_parse_are_refused(item):
+    """Found by tests/test_fuzz_cli_config.py: PyYAML raised ValueError for these."""
+    with pytest.raises(CmlError, match="not valid YAML"):
+        config.resolve(overrides=[item])
 
 
 def test_an_alias_bomb_is_refused_before_it_expands(tmp_path):
