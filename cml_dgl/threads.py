@@ -1,10 +1,10 @@
 """How many CPU threads torch computes with: ``--threads N``, else ``CML_THREADS``, else torch's
 default (one per core).
 
-torch's OpenMP threads wait for each other at the end of every parallel operation, so one busy
-thread of another process on one core stalls them all: on the 2-core dev machine a Retailrocket
-epoch takes 24 s instead of 2.5 s with one other busy process. On a shared machine use fewer
-threads than cores (``--threads 1``).
+torch's OpenMP threads wait for each other at the end of every parallel operation, so another busy
+process on one core stalls them all: on the shared 2-core dev machine a Retailrocket epoch took
+6.5 s with 2 threads and 0.53 s with 1 (``bench/threads_contention.py``, docs/results.md). On a
+machine that is not yours alone use fewer threads than cores (``--threads 1``).
 """
 
 from __future__ import annotations
