@@ -6,6 +6,7 @@ import json
 import shlex
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
@@ -13,15 +14,18 @@ from cli.common import DeviceName, handle_errors, threads_option
 from cli.main import cli
 from cml_dgl.errors import CmlError
 
+if TYPE_CHECKING:
+    from cml_dgl.train.run_dir import RunDir
+
 SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backend", "monitor")
 
 
-def _interrupted(rundir, cfg: dict, saved: dict) -> None:
+def _interrupted(rundir: RunDir, cfg: dict, saved: dict) -> None:
     """Ctrl-C: say where the run stands and the command that continues it."""
-    epoch = rundir.last_epoch() if (rundir.path / "config.yaml").is_file() else None
-    if epoch is None and not (rundir.path / "config.yaml").is_file():
+    if not (rundir.path / "config.yaml").is_file():
         click.echo(f"interrupted before {rundir.path} was created; nothing to resume", err=True)
         return
+    epoch = rundir.last_epoch()
     extra = "".join(f" --{k} {cfg[k]}" for k in ("epochs", "patience") if cfg[k] != saved.get(k, cfg[k]))
     state = f"its last checkpoint holds epoch {epoch}" if epoch is not None else "it has no checkpoint yet"
     click.echo(f"interrupted: {rundir.path} is kept and {state}; continue it with: "
