@@ -32,5 +32,27 @@ def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
     return out
 
 
+def add_threads_arg(ap) -> None:
+    """``--threads N``: torch's CPU threads for this benchmark (and, through CML_THREADS, the
+    commands it starts); default one per core."""
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: $CML_THREADS, else one per core); printed")
+
+
+def apply_threads(n: int | None) -> int:
+    """Set the benchmark's threads explicitly (``n``, else CML_THREADS, else torch's default: one
+    per core, or OMP_NUM_THREADS), export them to child processes as CML_THREADS and print them on
+    stderr; returns the count."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from cml_dgl.threads import ENV, set_threads, threads_from_env
+
+    used = set_threads(n or threads_from_env() or torch.get_num_threads())
+    os.environ[ENV] = str(used)
+    print(f"bench: {used} torch threads on {os.cpu_count()} cores (--threads / {ENV})", file=sys.stderr, flush=True)
+    return used
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

@@ -254,7 +254,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--examples", type=int, default=200, help="cases per parser")
     ap.add_argument("--seed", type=int, default=None, help="hypothesis seed (default: random)")
     ap.add_argument("--parsers", default=",".join(PARSERS))
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.common import add_threads_arg, apply_threads
+
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
+    apply_threads(args.threads)
     report: dict[str, Any] = {"examples": args.examples, "seed": args.seed, "parsers": {}}
     t0 = time.perf_counter()
     for parser in args.parsers.split(","):

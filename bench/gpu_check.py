@@ -275,6 +275,7 @@ def main() -> int:
     ap.add_argument("--workdir", type=Path, default=None)
     ap.add_argument("--skip", default="", help="Comma-separated stages to skip "
                     "(equality,syncs,retailrocket,tmall,tmall_host_sampler,taobao).")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: one per core); printed")
     args = ap.parse_args()
     clock = Clock(args.budget)
     missing = _setup_path()
@@ -285,7 +286,10 @@ def main() -> int:
         return 2
     import torch
 
+    from bench.common import apply_threads
     from cml_dgl.train.devices import resolve_device
+
+    apply_threads(args.threads)
 
     device = resolve_device(args.device)
     info = {"torch": torch.__version__, "device": str(device), "threads": torch.get_num_threads(),

@@ -242,7 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
                     help="extra `cml train --set` overrides")
     ap.add_argument("--backend", default=None, choices=["auto", "dgl", "torch"])
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.common import add_threads_arg, apply_threads
+
+    add_threads_arg(ap)
     args = ap.parse_args(argv)
+    apply_threads(args.threads)
     kills = [k for k in args.kills.split(",") if k]
     if any(k not in PHASES for k in kills) or args.epochs < 3:
         ap.error(f"--kills takes phases from {PHASES}; --epochs must be >= 3")

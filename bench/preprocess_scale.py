@@ -116,7 +116,12 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0, help="seed of the synthetic log")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     ap.add_argument("--delete", action="store_true", help="delete the log and dataset afterwards")
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+    from bench.common import add_threads_arg, apply_threads
+
+    add_threads_arg(ap)
     args = ap.parse_args()
+    apply_threads(args.threads)
 
     work = args.workdir or Path(tempfile.gettempdir()) / "cml-preprocess-scale"
     work.mkdir(parents=True, exist_ok=True)

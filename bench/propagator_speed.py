@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import retailrocket_dataset  # noqa: E402
+from bench.common import add_threads_arg, apply_threads, retailrocket_dataset  # noqa: E402
 
 
 def main() -> None:
@@ -27,7 +27,9 @@ def main() -> None:
     ap.add_argument("--dim", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=40)
     ap.add_argument("--rounds", type=int, default=7)
+    add_threads_arg(ap)
     args = ap.parse_args()
+    apply_threads(args.threads)
     if args.repeats < 1 or args.rounds < 1:
         sys.exit("--repeats and --rounds must be >= 1")
     import torch

@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, retailrocket_dataset  # noqa: E402
+from bench.common import ROOT, add_threads_arg, apply_threads, retailrocket_dataset  # noqa: E402
 
 CML_RUN = ["--preset", "retailrocket", "--epochs", "100", "--patience", "30"]
 BASE_RUN = ["--epochs", "200", "--patience", "30", "--set", "dim=64", "--set", "opt_base_lr=0.001",
@@ -52,7 +52,7 @@ CONFIGS: dict[str, list[str]] = {
 
 
 def run(cmd: list[str]) -> None:
-    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env = dict(os.environ, OMP_NUM_THREADS=os.environ["CML_THREADS"])
     subprocess.run(cmd, check=True, cwd=ROOT, env=env, stdout=subprocess.DEVNULL)
 
 
@@ -62,7 +62,9 @@ def main() -> None:
     ap.add_argument("--jobs", type=int, default=2)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "retailrocket")
     ap.add_argument("--only", default=None, help="config names to run, separated by ';' (names hold commas)")
+    add_threads_arg(ap)
     args = ap.parse_args()
+    apply_threads(args.threads or 1)  # per training job (--jobs of them run at once)
     seeds = [int(s) for s in args.seeds.split(",")]
     data = {"paper": retailrocket_dataset(valid=False, workdir=args.out),
             "honest": retailrocket_dataset(valid=True, workdir=args.out)}

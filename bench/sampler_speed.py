@@ -28,7 +28,11 @@ def main() -> int:
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--json", action="store_true")
+    from bench.common import add_threads_arg, apply_threads
+
+    add_threads_arg(ap)
     args = ap.parse_args()
+    apply_threads(args.threads)
 
     import torch
 

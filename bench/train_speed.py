@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import peak_rss_gb, retailrocket_dataset  # noqa: E402
+from bench.common import add_threads_arg, apply_threads, peak_rss_gb, retailrocket_dataset  # noqa: E402
 
 AUTHORS_RETAILROCKET_S = 10.5
 
@@ -164,7 +164,9 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=5,
                     help="with --scale: training steps timed per size (the first is warm-up)")
     ap.add_argument("--one-scale", type=float, default=None, help=argparse.SUPPRESS)
+    add_threads_arg(ap)
     args = ap.parse_args()
+    apply_threads(args.threads)
     if args.max_steps < 1:
         sys.exit("--max-steps must be >= 1")
     if args.one_scale is not None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .common import handle_errors
+from .common import handle_errors, threads_option
 from .main import cli
 
 
@@ -18,9 +18,10 @@ from .main import cli
 @click.option("--items", type=click.IntRange(min=400), default=3000, show_default=True,
               help="Items in the generated log.")
 @click.option("--epochs", type=click.IntRange(min=1), default=30, show_default=True)
-@click.option("--seed", type=int, default=2023, show_default=True)
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=2023, show_default=True)
 @click.option("--overwrite", is_flag=True, help="Reuse a non-empty --out directory.")
 @handle_errors
+@threads_option
 def demo(out, users, items, epochs, seed, overwrite):
     """Generate a realistic synthetic shop log and run the whole pipeline on it.
 
@@ -43,6 +44,7 @@ def demo(out, users, items, epochs, seed, overwrite):
               help="Where to write the PNGs and report.md (default: RUN_DIR).")
 @click.option("--checkpoint", default="best", show_default=True, help="Checkpoint for the meta weights.")
 @handle_errors
+@threads_option
 def report(run_dir, out, checkpoint):
     """Plot losses and validation metrics per epoch and the meta weights; write report.md."""
     from cml_dgl.export import meta_contrastive_weights

@@ -6,10 +6,13 @@ import json
 
 import click
 
-from cml_dgl.eval.metrics import TIE_RULES
-
-from .common import handle_errors, parse_int_list
+from .common import DeviceName, LazyChoice, handle_errors, parse_int_list, threads_option
 from .main import cli
+
+
+def _tie_rules():
+    from cml_dgl.eval.metrics import TIE_RULES
+    return TIE_RULES
 
 
 @cli.command("evaluate")
@@ -23,14 +26,19 @@ from .main import cli
 @click.option("-k", "ks", default="10,20,40", show_default=True, help="Cut-offs, comma-separated.")
 @click.option("--mask", type=click.Choice(["target", "all"]), default="target", show_default=True,
               help="Full protocol: mask the user's training purchases, or every training behavior.")
-@click.option("--tie-rule", type=click.Choice(TIE_RULES),
+@click.option("--tie-rule", type=LazyChoice(_tie_rules),
               default="expected", show_default=True,
               help="expected: exact average over random orders of tied items (no credit for luck).")
 @click.option("--dataset", type=click.Path(), default=None, help="Dataset directory (default: the run's).")
-@click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
+@click.option("--device", type=DeviceName(), default="cpu", show_default=True,
+              help="Device to score on: cpu, cuda, cuda:N (GPU N) or auto.")
+@click.option("--allow-changed-dataset", is_flag=True,
+              help="Go ahead when the dataset's files changed since the run was trained.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for --protocol both.")
 @handle_errors
-def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device, as_json):
+@threads_option
+def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device,
+                 allow_changed_dataset, as_json):
     """Evaluate a trained run on the test (or validation) split.
 
     Also prints the users whose held-out item is among their own auxiliary training items
@@ -40,7 +48,8 @@ def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, datas
     from cml_dgl.runs import load_run
 
     cutoffs = parse_int_list(ks, "-k")
-    run = load_run(run_dir, checkpoint, dataset=dataset, device=device)
+    run = load_run(run_dir, checkpoint, dataset=dataset, device=device,
+                   allow_changed_dataset=allow_changed_dataset)
     user, item = run.embeddings()
     results = evaluate(run.ds, user, item, split=split, protocol=protocol, ks=cutoffs,
                        tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"])

@@ -75,7 +75,7 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
                    "applied to the carved validation item, what the published test split did (measured).")
 @click.option("--negatives", type=click.IntRange(min=1), default=N_NEGATIVES, show_default=True,
               help="Stored negative candidates per test/validation user (sampled protocol).")
-@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
+@click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULT_SEED, show_default=True,
               help="Seed of the negative-candidate draw.")
 @click.option("--block-bytes", type=click.IntRange(min=1024), default=DEFAULT_BLOCK_BYTES,
               show_default=True, help="Bytes of CSV parsed per block (lower it to save memory).")

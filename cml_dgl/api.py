@@ -20,7 +20,6 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from cml_dgl.data.dataset import Dataset, load_dataset
-from cml_dgl.errors import CmlError
 from cml_dgl.export import export_embeddings
 from cml_dgl.runs import LoadedRun, load_run
 
@@ -101,39 +100,15 @@ def evaluate(run: LoadedRun, *, split: str = "test", protocol: str = "sampled", 
                                tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"])
 
 
-def user_indices(ds: Dataset, raw_users: Sequence[Any] | np.ndarray) -> np.ndarray:
-    """Row indices of raw user ids; an unknown id is a :class:`CmlError` naming it."""
-    raw = np.asarray(raw_users)
-    ids = ds.user_ids
-    if ids.dtype.kind in "iu" and raw.dtype.kind not in "iu":
-        try:
-            raw = raw.astype(np.int64)
-        except (TypeError, ValueError):
-            raise CmlError("this dataset's user ids are integers; got non-integer ids") from None
-    order = np.argsort(ids, kind="stable")
-    pos = np.searchsorted(ids[order], raw)
-    pos = np.minimum(pos, len(ids) - 1)
-    found = ids[order][pos] == raw
-    if not found.all():
-        bad = raw[~found][0]
-        raise CmlError(f"unknown user {bad!r}: not in the dataset's user id map ({len(ids)} users)")
-    return order[pos].astype(np.int64)
-
-
 def recommend(run: LoadedRun, users: Sequence[Any] | np.ndarray, k: int = 10, *,
               include_purchased: bool = False):
     """Top-``k`` items of many raw user ids in one encoder pass: a DataFrame with columns
-    ``user, rank, item, score`` (raw ids; training purchases excluded unless ``include_purchased``)."""
+    ``user, rank, item, score`` (raw ids; training purchases excluded unless ``include_purchased``;
+    as ``cml recommend``)."""
     import pandas as pd
 
-    ds = run.ds
-    rows = user_indices(ds, users)
-    exclude = None if include_purchased else ds.csr(ds.n_behaviors - 1)
-    run.model.eval()
-    items, scores = run.model.recommend(rows, k, exclude=exclude)
-    items, scores = items.numpy(), scores.numpy()
-    keep = items >= 0
-    user_rows = np.repeat(rows, keep.sum(1))
-    ranks = np.tile(np.arange(1, items.shape[1] + 1), (len(rows), 1))[keep]
-    return pd.DataFrame({"user": ds.user_ids[user_rows], "rank": ranks,
-                         "item": ds.item_ids[items[keep]], "score": scores[keep].astype(np.float64)})
+    from cml_dgl.export import recommend_users, user_indices
+
+    rows = user_indices(run, [str(u) for u in np.asarray(users).tolist()])
+    table = recommend_users(run, rows, k=k, include_purchased=include_purchased)
+    return pd.DataFrame({c: table[c] for c in ("user", "rank", "item", "score")})

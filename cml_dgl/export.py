@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -11,6 +13,7 @@ import torch
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_dir, atomic_write_json, sha256_file
 from cml_dgl.runs import LoadedRun
+from cml_dgl.train.config import quote
 
 FORMATS = ("npy", "parquet", "csv")
 
@@ -118,32 +121,94 @@ def export_embeddings(run: LoadedRun, out: str | Path, fmt: str = "npy", per_beh
     return manifest
 
 
-def raw_user_index(run: LoadedRun, raw: str) -> int:
+def user_indices(run: LoadedRun, raw: Sequence[str], where: Sequence[str] | None = None) -> np.ndarray:
+    """Internal indices of raw user ids (as typed: strings); CmlError naming the first unknown one
+    (``where[j]`` says where id j came from, e.g. ``users.txt: line 7``)."""
     ids = run.ds.user_ids
-    try:
-        key: Any = int(raw) if ids.dtype.kind in "iu" else raw
-    except ValueError:
-        raise CmlError(f"unknown user {raw!r}: this dataset's user ids are integers") from None
-    hits = np.flatnonzero(ids == key)
-    if len(hits) == 0:
-        raise CmlError(f"unknown user {raw!r}: not in the dataset's user id map ({len(ids)} users)")
-    return int(hits[0])
+    if ids.dtype.kind in "iu":
+        keys = np.zeros(len(raw), dtype=np.int64)
+        known = np.ones(len(raw), dtype=bool)
+        for j, r in enumerate(raw):
+            try:
+                keys[j] = int(r)
+            except (ValueError, OverflowError):  # not an integer, or beyond int64: no such user
+                known[j] = False
+    else:
+        keys, known = np.asarray([str(r) for r in raw], dtype=str), np.ones(len(raw), dtype=bool)
+    order = np.argsort(ids, kind="stable")
+    pos = np.searchsorted(ids[order], keys).clip(max=max(len(ids) - 1, 0))
+    found = order[pos] if len(ids) else np.zeros(len(raw), dtype=np.int64)
+    if len(ids):
+        known &= ids[found] == keys
+    else:
+        known[:] = False
+    if not known.all():
+        bad = np.flatnonzero(~known)
+        j = int(bad[0])
+        origin = f"{where[j]}: " if where is not None else ""
+        more = f" ({len(bad):,} unknown users in all)" if len(bad) > 1 else ""
+        kind = "; this dataset's user ids are integers" if ids.dtype.kind in "iu" else ""
+        raise CmlError(f"{origin}unknown user {quote(repr(str(raw[j])), 80)}: not in the dataset's user id "
+                       f"map ({len(ids):,} users{kind}){more}")
+    return found.astype(np.int64)
+
+
+def raw_user_index(run: LoadedRun, raw: str) -> int:
+    return int(user_indices(run, [raw])[0])
 
 
 @torch.no_grad()
+def recommend_users(run: LoadedRun, users: np.ndarray, k: int = 10, include_purchased: bool = False,
+                    chunk: int | None = None) -> dict[str, np.ndarray]:
+    """Top-k for many internal users from one encoder pass: columns ``user`` and ``item`` (raw ids),
+    ``rank`` (1-based) and ``score`` (float64, the exact float32 score), rank by rank per user; the
+    user's training purchases are excluded unless ``include_purchased``. A user with fewer than k
+    allowed items gets fewer rows."""
+    from cml_dgl.models.topk import recommend_topk
+
+    if k <= 0:
+        raise CmlError(f"-k must be positive, got {k}")
+    user, item = run.embeddings()
+    exclude = None if include_purchased else run.ds.csr(run.ds.n_behaviors - 1)
+    items, scores = recommend_topk(user, item, users, k, exclude=exclude, chunk=chunk)
+    items, scores = items.cpu().numpy(), scores.double().cpu().numpy()
+    keep = items >= 0
+    row = np.repeat(np.arange(len(users)), keep.sum(1))
+    return {"user": run.ds.user_ids[np.asarray(users, dtype=np.int64)[row]],
+            "rank": (np.cumsum(keep, axis=1)[keep]).astype(np.int64),
+            "item": run.ds.item_ids[items[keep]], "score": scores[keep]}
+
+
 def recommend(run: LoadedRun, raw_user: str, k: int = 10, include_purchased: bool = False) -> list[dict[str, Any]]:
     """Top-k raw item ids with scores for one raw user id; training purchases excluded by default."""
     if k <= 0:
         raise CmlError(f"-k must be positive, got {k}")
-    u = raw_user_index(run, raw_user)
-    user, item = run.embeddings()
-    scores = (item @ user[u]).float().cpu().numpy()
-    if not include_purchased:
-        bu, bi = run.ds.edges(run.ds.n_behaviors - 1)
-        lo, hi = np.searchsorted(bu, [u, u + 1])  # edges are sorted by (behavior, user, item)
-        scores[bi[lo:hi]] = -np.inf
-    k = min(k, int(np.isfinite(scores).sum()))
-    top = np.argpartition(-scores, k - 1)[:k] if k > 0 else np.array([], dtype=np.int64)
-    top = top[np.lexsort((top, -scores[top]))]
-    return [{"rank": r + 1, "item": run.ds.item_ids[i].item(), "score": float(scores[i])}
-            for r, i in enumerate(top)]
+    table = recommend_users(run, user_indices(run, [raw_user]), k=k, include_purchased=include_purchased)
+    return [{"rank": int(r), "item": i.item(), "score": float(sc)}
+            for r, i, sc in zip(table["rank"], table["item"], table["score"])]
+
+
+REC_FORMATS = ("csv", "jsonl", "parquet")
+
+
+def recommendations_bytes(table: dict[str, np.ndarray], fmt: str) -> bytes:
+    """The table as CSV (header ``user,rank,item,score``), JSON lines or Parquet; scores at full
+    precision (the shortest text that reads back as the same float)."""
+    if fmt == "jsonl":
+        lines = (json.dumps({"user": u, "rank": r, "item": i, "score": s})
+                 for u, r, i, s in zip(table["user"].tolist(), table["rank"].tolist(),
+                                       table["item"].tolist(), table["score"].tolist()))
+        return "".join(line + "\n" for line in lines).encode()
+    import pandas as pd
+
+    df = pd.DataFrame({c: table[c] for c in ("user", "rank", "item", "score")})
+    if fmt == "csv":
+        return df.to_csv(index=False, float_format=None, lineterminator="\n").encode()
+    if fmt == "parquet":
+        buf = io.BytesIO()
+        try:
+            df.to_parquet(buf, index=False)
+        except ImportError:
+            raise CmlError("--format parquet needs pyarrow (pip install pyarrow)") from None
+        return buf.getvalue()
+    raise CmlError(f"unknown recommendation format {fmt!r}; choose one of {', '.join(REC_FORMATS)}")

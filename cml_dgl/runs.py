@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 from torch import nn
 
 from cml_dgl.data.dataset import Dataset, load_dataset
@@ -16,7 +14,9 @@ from cml_dgl.errors import CmlError
 from cml_dgl.models import registry
 from cml_dgl.models.base import Recommender
 from cml_dgl.train.checkpoint import load_checkpoint
-from cml_dgl.train.config import resolve
+from cml_dgl.train.config import differences, quote, read_config_file, resolve
+from cml_dgl.train.devices import resolve_device
+from cml_dgl.train.run_dir import RunDir
 
 
 @dataclass
@@ -53,12 +53,20 @@ def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
     return Path(checkpoint)
 
 
+# keys a checkpoint may hold other values of than config.yaml: a resume may change the first three,
+# and opening a run chooses the device and the backend
+_RUNTIME_KEYS = ("epochs", "patience", "device", "backend")
+
+
 def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path | Dataset | None = None,
-             device: str = "cpu") -> LoadedRun:
+             device: str = "cpu", allow_changed_dataset: bool = False) -> LoadedRun:
     """Rebuild the run's model on ``device`` and load its weights (weights-only, checksummed).
 
     The dataset is the one recorded in ``run.json`` unless ``dataset`` (a path, or a dataset
-    already loaded) is given; a checkpoint whose id-map checksum differs from the dataset's is refused.
+    already loaded) is given; a checkpoint whose id-map checksum differs from the dataset's is
+    refused, and so is a dataset whose files changed since training (rebuilt with another seed or
+    ``--no-valid``) unless ``allow_changed_dataset``. A ``config.yaml`` that no longer matches the
+    checkpoint's configuration (edited) is refused too.
     """
     rd = Path(run_dir)
     cfg_path = rd / "config.yaml"
@@ -67,13 +75,12 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
     ckpt = checkpoint_path(rd, checkpoint)
     if not ckpt.is_file():
         raise CmlError(f"{ckpt}: checkpoint not found (the run has no {checkpoint!r} checkpoint yet)")
-    try:
-        saved = yaml.safe_load(cfg_path.read_text())
-        recorded = json.loads((rd / "run.json").read_text()).get("dataset")
-    except (OSError, yaml.YAMLError, json.JSONDecodeError) as e:
-        raise CmlError(f"{rd}: unreadable run files ({e})") from None
-    cfg = resolve(base=saved, overrides=[f"device={device}"])
-    cfg["backend"] = _loading_backend(cfg["backend"], device)
+    saved = read_config_file(cfg_path)
+    run_dir_files = RunDir(rd)
+    recorded = run_dir_files.read_info().get("dataset")
+    dev = resolve_device(device)
+    cfg = resolve(base=saved, base_where=str(cfg_path), overrides=[f"device={device}"])
+    cfg["backend"] = _loading_backend(cfg["backend"], dev.type)
     ds_path = dataset or recorded
     if not ds_path:
         raise CmlError(f"{rd}/run.json records no dataset; pass --dataset")
@@ -81,12 +88,20 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
     state, info = load_checkpoint(ckpt)
     if info.get("id_map_checksum") != ds.id_map_checksum():
         raise CmlError(f"{ckpt}: trained on another dataset than {ds.path or ds_path} (id-map checksum differs)")
-    dev = torch.device(device)
+    run_dir_files.check_dataset(ds, allow_changed_dataset)
+    changed = differences(cfg, info.get("config", cfg), ignore=_RUNTIME_KEYS)
+    if changed:
+        raise CmlError(f"{cfg_path}: differs from the configuration {ckpt.name} was trained with "
+                       f"({'; '.join(changed[:3])}); was it edited? Restore it")
     model = registry.build(ds, cfg, dev)
     meta = getattr(model, "meta", None)
-    model.load_state_dict(state["model"])
-    if meta is not None and "meta" in state:
-        meta.load_state_dict(state["meta"])
+    try:
+        model.load_state_dict(state["model"])
+        if meta is not None and "meta" in state:
+            meta.load_state_dict(state["meta"])
+    except (KeyError, RuntimeError) as e:
+        first = (str(e).splitlines() or [""])[0]
+        raise CmlError(f"{ckpt}: its weights do not fit the model of {cfg_path} ({quote(first)})") from None
     model.eval()
     if meta is not None:
         meta.eval()

@@ -54,5 +54,5 @@ def test_recommend_names_an_unknown_user(tmp_path):
     top = cml_dgl.recommend(run, [100, 101], k=3, include_purchased=True)
     assert top["user"].tolist() == [100] * 3 + [101] * 3
     assert np.all(np.diff(top["score"].to_numpy()[:3]) <= 0)
-    with pytest.raises(CmlError, match="unknown user 7"):
+    with pytest.raises(CmlError, match="unknown user '7'"):
         cml_dgl.recommend(run, [100, 7])

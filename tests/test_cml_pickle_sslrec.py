@@ -304,7 +304,7 @@ class _Evil:
     ("test_mat.pkl", sp.coo_matrix(([1.0, 1.0], ([2, 2], [0, 1])), shape=(N_USERS, N_ITEMS)),
      "user 2 has more than one test item"),
     ("test_mat.pkl", sp.coo_matrix((N_USERS + 1, N_ITEMS)),
-     f"shape ({N_USERS + 1}, {N_ITEMS}) exceeds the train_mat_ matrices' ({N_USERS}, {N_ITEMS})"),
+     f"shape ({N_USERS + 1}, {N_ITEMS}) differs from the train_mat_ matrices' ({N_USERS}, {N_ITEMS})"),
     ("test_mat.pkl", sp.coo_matrix(([0.5], ([2], [0])), shape=(N_USERS, N_ITEMS)),
      "expected integer timestamps as matrix values, found fractions"),
     ("meta_multi_single_beh_user_index_shuffle", np.array([0, N_USERS]),

@@ -25,7 +25,7 @@ def test_layers_apply_in_order(tmp_path):
 @pytest.mark.parametrize("item, msg", [
     ("nosuchkey=1", "unknown config key"),
     ("batch_size=abc", "must be an integer"),
-    ("batch_size=0", "must be positive"),
+    ("batch_size=0", r"must be an integer in \[1, 16777216\]"),
     ("variant=bogus", "must be one of"),
     ("reg_all_behaviors=3", "true or false"),
     ("nokeyvalue", "expected key=value"),

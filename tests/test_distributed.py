@@ -130,7 +130,7 @@ def test_init_from_env_single_process(monkeypatch):
 @pytest.mark.skipif(shutil.which("torchrun", path=str(Path(sys.executable).parent)) is None,
                     reason="torchrun is not installed next to this Python")
 def test_torchrun_cli_two_processes(ds_dir, tmp_path):
-    """`torchrun --nproc_per_node 2 -m cli train`: rank 0 alone prints and writes; the result is that
+    """`torchrun --nproc_per_node 2 -m cml_dgl_cli train`: rank 0 alone prints and writes; the result is that
     of one process."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent))
     args = ["train", str(ds_dir), "--backend", "torch", "--device", "cpu", "--epochs", "2"]

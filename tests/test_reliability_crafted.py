@@ -230,10 +230,18 @@ def _keyword(call: ast.Call, name: str):
     return "absent"
 
 
+def _safe_yaml_loaders(tree: ast.AST) -> set[str]:
+    """Names of the classes of ``tree`` that derive from ``yaml.SafeLoader`` directly."""
+    return {c.name for c in ast.walk(tree) if isinstance(c, ast.ClassDef)
+            and any(isinstance(b, ast.Attribute) and isinstance(b.value, ast.Name)
+                    and (b.value.id, b.attr) == ("yaml", "SafeLoader") for b in c.bases)}
+
+
 def unsafe_loads(source: str, rel: str) -> list[str]:
     """Lines of ``source`` that deserialise without the restriction (see the test below)."""
     bad = []
     tree = ast.parse(source)
+    safe_loaders = _safe_yaml_loaders(tree)
     for node in ast.walk(tree):
         if isinstance(node, ast.ImportFrom) and node.module in {m for m, _ in RISKY}:
             names = {(node.module, a.name) for a in node.names}
@@ -251,6 +259,10 @@ def unsafe_loads(source: str, rel: str) -> list[str]:
             if key in {("np", "load"), ("numpy", "load")} and parent_call is not None \
                     and _keyword(parent_call, "allow_pickle") in (False, "absent"):
                 continue
+            if key == ("yaml", "load") and parent_call is not None and any(
+                    kw.arg == "Loader" and isinstance(kw.value, ast.Name) and kw.value.id in safe_loaders
+                    for kw in parent_call.keywords):
+                continue
             bad.append(f"{rel}:{node.lineno}: {key[0]}.{key[1]}")
     return sorted(bad, key=lambda b: int(b.split(":")[1]))
 
@@ -259,10 +271,12 @@ def test_the_scanner_sees_unrestricted_loads():
     planted = ("import pickle, torch, numpy as np, yaml\nfrom pickle import loads\n"
                "torch.load(f)\ntorch.load(f, weights_only=False)\nx = torch.load\npickle.loads(b)\n"
                "np.load(p, allow_pickle=True)\nyaml.load(t)\nclass U(pickle.Unpickler): pass\n"
-               "torch.load(f, weights_only=True)\nnp.load(p)\nnp.load(p, allow_pickle=False)\n")
+               "torch.load(f, weights_only=True)\nnp.load(p)\nnp.load(p, allow_pickle=False)\n"
+               "class S(yaml.SafeLoader): pass\nclass F(yaml.FullLoader): pass\n"
+               "yaml.load(t, Loader=S)\nyaml.load(t, Loader=F)\n")
     assert [b.split(": ", 1)[1] for b in unsafe_loads(planted, "x.py")] == [
         "from pickle import ...", "torch.load", "torch.load", "torch.load", "pickle.loads", "np.load",
-        "yaml.load", "pickle.Unpickler"]
+        "yaml.load", "pickle.Unpickler", "yaml.load"]
 
 
 def test_no_unrestricted_deserialisation_in_the_package():

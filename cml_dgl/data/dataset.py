@@ -77,6 +77,7 @@ class Dataset:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     path: Path | None = None
+    checksums: dict[str, str] | None = None  # sha256 of each file, as meta.json lists them (loaded datasets)
 
     @property
     def target(self) -> str:
@@ -124,6 +125,14 @@ class Dataset:
             h.update(np.ascontiguousarray(arr).tobytes())
         return h.hexdigest()
 
+    def fingerprint(self) -> dict[str, Any] | None:
+        """What a run directory records of its dataset: the sha256 of every file and the options it
+        was made with (see :func:`fingerprint_changes`); None for a dataset not read from disk."""
+        if self.checksums is None:
+            return None
+        return {"checksums": dict(self.checksums), "seed": self.seed,
+                "options": {k: v for k, v in self.options.items() if k != "stats"}}
+
     def info(self) -> dict[str, Any]:
         return {
             "n_users": self.n_users,
@@ -168,6 +177,35 @@ class Dataset:
         for name, arr, bound in checks:
             if arr.size and (int(arr.min()) < 0 or int(arr.max()) >= bound):
                 raise CmlError(f"{where}: {name} holds ids outside [0, {bound})")
+
+
+_FILE_MEANING = {"train": "training edges", "valid": "validation pairs", "test": "test pairs",
+                 "valid_negatives": "validation candidates", "test_negatives": "test candidates",
+                 "user_ids": "user ids", "item_ids": "item ids", "meta_users": "meta users"}
+
+
+def fingerprint_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """How the dataset of fingerprint ``new`` differs from the one of ``old``: the preprocessing
+    options that changed (``seed 2023 -> 7``), then the files whose content changed; empty when
+    every file is the same."""
+    a, b = old.get("checksums") or {}, new.get("checksums") or {}
+    files = sorted(n for n in set(a) | set(b) if a.get(n) != b.get(n))
+    if not files:
+        return []
+    opt_a, opt_b = dict(old.get("options") or {}), dict(new.get("options") or {})
+    opt_a.setdefault("seed", old.get("seed"))
+    opt_b.setdefault("seed", new.get("seed"))
+
+    def show(v: Any) -> str:
+        text = json.dumps(v) if v is not None else "unset"
+        return text if len(text) <= 60 else text[:60] + "..."
+
+    changes = [f"{k} {show(opt_a.get(k))} -> {show(opt_b.get(k))}"
+               for k in sorted(set(opt_a) | set(opt_b)) if opt_a.get(k) != opt_b.get(k)]
+    stems = [n.removesuffix(".npy") for n in files]
+    meaning = sorted({_FILE_MEANING.get(s, _FILE_MEANING.get(s.split("_")[0], s)) for s in stems})
+    changes.append(f"changed files: {', '.join(files)} ({', '.join(meaning)})")
+    return changes
 
 
 def _save_array(directory: Path, name: str, arr: np.ndarray) -> dict[str, Any]:
@@ -297,6 +335,7 @@ def load_dataset(path: str | os.PathLike, verify: bool = True) -> Dataset:
         options=dict(meta.get("options") or {}),
         seed=meta.get("seed"),
         path=d,
+        checksums={name: str(entry.get("sha256")) for name, entry in files.items()},
         **arrays,
     )
     ds.validate()

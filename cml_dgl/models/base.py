@@ -15,14 +15,10 @@ from __future__ import annotations
 from typing import Any, ClassVar
 
 import numpy as np
-import scipy.sparse as sp
 import torch
 from torch import Tensor, nn
 
 from cml_dgl.errors import CmlError
-
-DEFAULT_CHUNK = 2048
-
 
 class Recommender(nn.Module):
     """Base class of every model (CML and the baselines).
@@ -64,16 +60,19 @@ class Recommender(nn.Module):
         return score_rows(user, item, users, items)
 
     @torch.no_grad()
-    def recommend(self, users: Tensor | np.ndarray, k: int, exclude: sp.spmatrix | None = None,
-                  chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
+    def recommend(self, users: Tensor | np.ndarray, k: int, exclude: Any = None,
+                  chunk: int | None = None) -> tuple[Tensor, Tensor]:
         """Top-``k`` items of each of ``users``: ``(items (n, k'), scores (n, k'))``, best first.
 
-        One encoder pass, then scores chunk by chunk. ``exclude`` (a U x I sparse matrix) removes
-        each user's non-zero items; ``k' = min(k, I)``, and slots past a user's last admissible
-        item hold item -1 with score -inf. Equal scores rank by item index.
+        One encoder pass, then scores chunk by chunk (:func:`cml_dgl.models.topk.recommend_topk`).
+        ``exclude`` (a U x I sparse matrix) removes each user's non-zero items; ``k' = min(k, I)``,
+        and slots past a user's last admissible item hold item -1 with score -inf. Equal scores
+        rank by item index.
         """
+        from cml_dgl.models.topk import recommend_topk
+
         user, item = self.embeddings()
-        return top_k(user, item, users, k, exclude=exclude, chunk=chunk)
+        return recommend_topk(user, item, users, k, exclude=exclude, chunk=chunk)
 
 
 def score_rows(user: Tensor, item: Tensor, users: Tensor, items: Tensor) -> Tensor:
@@ -83,39 +82,3 @@ def score_rows(user: Tensor, item: Tensor, users: Tensor, items: Tensor) -> Tens
     if i.dim() == u.dim() + 1:
         u = u.unsqueeze(-2)
     return (u * i).sum(-1)
-
-
-def top_k(user: Tensor, item: Tensor, users: Tensor | np.ndarray, k: int, *, exclude: sp.spmatrix | None = None,
-          chunk: int = DEFAULT_CHUNK) -> tuple[Tensor, Tensor]:
-    """Chunked top-``k`` of :math:`user[u] \\cdot item^T` over any number of users (see
-    :meth:`Recommender.recommend`); results on the CPU."""
-    if k <= 0:
-        raise CmlError(f"k must be positive, got {k}")
-    users = torch.as_tensor(np.asarray(users, dtype=np.int64) if not isinstance(users, Tensor) else users,
-                            dtype=torch.int64)
-    n_users, n_items = user.shape[0], item.shape[0]
-    if len(users) and (int(users.min()) < 0 or int(users.max()) >= n_users):
-        raise CmlError(f"user indices must lie in [0, {n_users}), got {int(users.min())}..{int(users.max())}")
-    if exclude is not None:
-        exclude = sp.csr_matrix(exclude)
-        if exclude.shape != (n_users, n_items):
-            raise CmlError(f"exclude has shape {exclude.shape}, expected {(n_users, n_items)}")
-    kk = min(k, n_items)
-    out_items = torch.full((len(users), kk), -1, dtype=torch.int64)
-    out_scores = torch.full((len(users), kk), float("-inf"))
-    for start in range(0, len(users), chunk):
-        rows = users[start:start + chunk]
-        s = (user.index_select(0, rows.to(user.device)) @ item.T).float()
-        if exclude is not None:
-            sub = exclude[rows.numpy()].tocoo()
-            s[torch.from_numpy(sub.row.astype(np.int64)).to(s.device),
-              torch.from_numpy(sub.col.astype(np.int64)).to(s.device)] = float("-inf")
-        val, idx = torch.topk(s, kk, dim=1)
-        # equal scores: by item index (a lexicographic sort of the k picked)
-        key = torch.argsort(idx, dim=1)
-        val, idx = val.gather(1, key), idx.gather(1, key)
-        key = torch.sort(val, dim=1, descending=True, stable=True).indices
-        val, idx = val.gather(1, key).cpu(), idx.gather(1, key).cpu()
-        idx[torch.isinf(val) & (val < 0)] = -1
-        out_items[start:start + len(rows)], out_scores[start:start + len(rows)] = idx, val
-    return out_items, out_scores

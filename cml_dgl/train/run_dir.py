@@ -13,8 +13,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from cml_dgl.data.dataset import Dataset, fingerprint_changes
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
+from cml_dgl.interrupts import deferred_sigint
 from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -52,21 +54,60 @@ class RunDir:
         atomic_write_bytes(rd / "config.yaml", config_text.encode())
         atomic_write_json(rd / "run.json", run_info)
 
+    def read_info(self) -> dict[str, Any]:
+        """``run.json`` as a mapping; CmlError naming it when missing or not a JSON object."""
+        path = self.path / "run.json"
+        try:
+            info = json.loads(path.read_bytes())
+        except OSError as e:
+            raise CmlError(f"{path}: cannot read ({e.strerror or e}); {self.path} is not a complete run directory") from None
+        except ValueError:  # not UTF-8 or not JSON
+            raise CmlError(f"{path}: not valid JSON (the run directory is damaged)") from None
+        if not isinstance(info, dict):
+            raise CmlError(f"{path}: expected a JSON object, got {type(info).__name__}")
+        return info
+
+    def check_dataset(self, ds: Dataset, allow_changed: bool = False) -> None:
+        """Refuse (or, with ``allow_changed``, warn about) a dataset whose files differ from those the
+        run was trained on, as recorded in run.json (runs from before the record are not checked)."""
+        recorded, now = self.read_info().get("dataset_fingerprint"), ds.fingerprint()
+        if not isinstance(recorded, dict) or now is None:
+            return
+        changes = fingerprint_changes(recorded, now)
+        if not changes:
+            return
+        what = (f"{ds.path}: the dataset changed since {self.path} was trained ({'; '.join(changes)})")
+        if not allow_changed:
+            raise CmlError(f"{what}; rebuild it as it was, or pass --allow-changed-dataset to go ahead")
+        if self.is_main:
+            warn(f"{what}; going ahead (--allow-changed-dataset)")
+
     # ------------------------------------------------------------------ checkpoints
     def save(self, state: dict[str, Any], info: dict[str, Any], best: bool) -> None:
         """best.pt (when improved) first, then last.pt; the old last.pt becomes prev.pt only once
         the new one is complete. A kill at any moment leaves last.pt (or prev.pt) at an epoch from
-        which a resume re-runs the later epochs exactly, and re-writes best.pt if they improve."""
+        which a resume re-runs the later epochs exactly, and re-writes best.pt if they improve; a
+        Ctrl-C waits until both files are written."""
         self.ckpt_dir.mkdir(parents=True, exist_ok=True)
         last, prev = self.ckpt_dir / "last.pt", self.ckpt_dir / "prev.pt"
-        if best:
-            save_checkpoint(self.ckpt_dir / "best.pt", state, info)
 
         def rotate() -> None:
             if last.exists():
                 os.replace(last, prev)
 
-        save_checkpoint(last, state, info, before_rename=rotate)
+        with deferred_sigint():  # a Ctrl-C here waits until last.pt is complete
+            if best:
+                save_checkpoint(self.ckpt_dir / "best.pt", state, info)
+            save_checkpoint(last, state, info, before_rename=rotate)
+
+    def last_epoch(self) -> int | None:
+        """The epoch of the checkpoint a resume would continue from (None: no usable one)."""
+        for name in ("last.pt", "prev.pt"):
+            try:
+                return int(load_checkpoint(self.ckpt_dir / name)[1]["epoch"])
+            except (CmlError, KeyError, TypeError, ValueError):
+                continue
+        return None
 
     def load_latest(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """The checkpoint to resume from: last.pt, else prev.pt (a corrupt last.pt is renamed

@@ -64,6 +64,9 @@ def _accumulate(sums: dict[str, torch.Tensor], key: str, value: torch.Tensor) ->
 class Strategy:
     """Base: no draws, no optimiser; subclasses add what their steps need."""
 
+    #: False where the model is not trained (the trainer then evaluates it once, as epoch 0)
+    trains = True
+
     def __init__(self, model: Recommender, ds: Dataset, cfg: dict[str, Any], device: torch.device,
                  dist: DistContext) -> None:
         self.model, self.ds, self.cfg, self.device, self.dist = model, ds, cfg, device, dist
@@ -71,8 +74,6 @@ class Strategy:
         self.draws = None
         self.n_samples = 0
         self.opt = self.sched = self.meta = self.meta_opt = self.meta_sched = None
-
-    trains = True
 
     def _require_samples(self) -> None:
         if self.n_samples == 0:

@@ -41,6 +41,7 @@ from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate, evaluate_sampled
 from cml_dgl.models import registry
 from cml_dgl.train import faults
+from cml_dgl.train.config import differences as config_differences
 from cml_dgl.train.config import dump
 from cml_dgl.train.devices import resolve_device
 from cml_dgl.train.distributed import DistContext
@@ -151,6 +152,10 @@ class Trainer:
         state, info = latest
         if info.get("id_map_checksum") != self.ds.id_map_checksum():
             raise CmlError(f"{self.run_dir}: checkpoint was trained on another dataset (id-map checksum differs)")
+        changed = config_differences(self.cfg, info.get("config", self.cfg), ignore=RESUMABLE_KEYS)
+        if changed:
+            raise CmlError(f"{self.run_dir / 'config.yaml'}: differs from the configuration its checkpoint "
+                           f"was trained with ({'; '.join(changed[:3])}); was it edited? Restore it")
         self.rundir.check_best()
         self.model.load_state_dict(state["model"])
         sampler_fits = self.strategy.load(state, info)
@@ -179,6 +184,7 @@ class Trainer:
                 self.rundir.create(dump(self.cfg), {
                     "dataset": str(Path(self.ds.path).resolve()) if self.ds.path else None,
                     "id_map_checksum": self.ds.id_map_checksum(),
+                    "dataset_fingerprint": self.ds.fingerprint(),
                     "test_selected": self.cfg["monitor"] == "test",
                     **_protocol_fields(self.cfg, self.ds),
                     "device": str(self.device),

@@ -26,11 +26,15 @@ likewise ``tst_int`` and ``test_mat.pkl`` must hold the same test pairs when bot
 Anything else is an error naming the files that disagree.
 
 The split is kept exactly as published: benchmark ids are the internal ids (``user_ids[u] == u``),
-every training entry is a training edge, the test items are the published ones. The number of users
-and items is the largest matrix shape. The behavior order comes from ``--behaviors`` or, when the
-behavior files match a published dataset, from that dataset, the target (purchase) last, as in both
-the authors' code and SSLRec (Tmall: pv,fav,cart,buy; IJCAI_15: click,fav,cart,buy; Retailrocket:
-view,cart,buy; JD: review,browse,buy).
+every training entry is a training edge, the test items are the published ones. The split is
+checked as it is read: every training matrix has the same users x items shape, ``tst_int`` has one
+entry per user (``test_mat.pkl`` the training shape), and no test pair is a training purchase (the
+validation item carved from the latest purchase would then be the test item). The behavior order
+comes from ``--behaviors`` or, when the behavior files match a published dataset, from that
+dataset, the target (purchase) last, as in both the authors' code and SSLRec (Tmall:
+pv,fav,cart,buy; IJCAI_15: click,fav,cart,buy; Retailrocket: view,cart,buy; JD: review,browse,buy);
+``--behaviors`` may choose and order the auxiliary behaviors but must end with the purchases
+(``buy``) where the folder has them.
 """
 
 from __future__ import annotations
@@ -149,6 +153,11 @@ def _layouts(folder: Path, behaviors: Sequence[str] | None) -> tuple[list[str], 
                          if both else "")
                 raise CmlError(f"{folder}: no file {lay.file(missing[0])} for behavior {missing[0]!r} "
                                f"(found {lay.prefix} files for: {', '.join(found[lay])}){mixed}")
+        purchase = sorted({order[-1] for order in KNOWN_ORDERS} & set(found[present[0]]))
+        if purchase and behaviors[-1] not in purchase:
+            raise CmlError(f"{folder}: --behaviors {','.join(behaviors)} makes {behaviors[-1]!r} the target, "
+                           f"but this split's test items are purchases ({present[0].file(purchase[0])}); "
+                           f"list {purchase[0]} last")
         return list(behaviors), present
     if both and set(proper[AUTHORS]) != set(proper[SSLREC]):
         raise CmlError(f"{folder}: mixes the authors' layout ({AUTHORS.prefix} files for: "
@@ -159,8 +168,8 @@ def _layouts(folder: Path, behaviors: Sequence[str] | None) -> tuple[list[str], 
 
 def _test_from_matrix(path: Path, n_users: int, n_items: int, mats: str) -> np.ndarray:
     shape, rows, cols, _ = _matrix(path)
-    if shape[0] > n_users or shape[1] > n_items:
-        raise CmlError(f"{path}: shape {shape} exceeds the {mats}' ({n_users}, {n_items})")
+    if shape != (n_users, n_items):
+        raise CmlError(f"{path}: shape {shape} differs from the {mats}' ({n_users}, {n_items})")
     order = np.argsort(rows, kind="stable")
     rows, cols = rows[order], cols[order]
     dup = np.flatnonzero(rows[1:] == rows[:-1])
@@ -241,8 +250,9 @@ def _test_items(path: Path, n_users: int, n_items: int, mats: str) -> np.ndarray
         raise CmlError(f"{path}: entry {bad[0]}: expected None or an integer item id, got {arr[bad[0]]!r}")
     users = np.flatnonzero(ok_int)
     items = arr[users].astype(np.int64)
-    if len(arr) > n_users:
-        raise CmlError(f"{path}: {len(arr)} entries, but the {mats} have {n_users} users")
+    if len(arr) != n_users:
+        raise CmlError(f"{path}: {len(arr)} entries, but the {mats} have {n_users} users; expected one "
+                       "entry (None or the test item) per user")
     out = np.flatnonzero((items < 0) | (items >= n_items))
     if out.size:
         raise CmlError(f"{path}: entry {users[out[0]]}: item {items[out[0]]} is outside the "
@@ -277,6 +287,21 @@ def _test_pairs(folder: Path, layout: Layout, n_users: int, n_items: int) -> np.
     return found[0][1]
 
 
+def _check_held_out(folder: Path, test: np.ndarray, target: Entries, target_file: str) -> None:
+    """A test pair must not be a training purchase: carving validation from the latest training
+    purchase would then hold out the test pair itself, and validation would equal test."""
+    n_items = target[0][1]
+    keys = np.unique(target[1].astype(np.int64) * n_items + target[2])
+    test_keys = test[:, 0] * n_items + test[:, 1]
+    pos = np.searchsorted(keys, test_keys).clip(max=max(len(keys) - 1, 0))
+    both = np.flatnonzero(keys[pos] == test_keys) if len(keys) else np.zeros(0, dtype=np.int64)
+    if both.size:
+        u, i = test[both[0]]
+        raise CmlError(f"{folder}: {both.size:,} test pair{'s are' if both.size > 1 else ' is'} also training "
+                       f"purchases in {target_file} (first: user {u}, item {i}); a published split holds "
+                       "its test purchases out of training")
+
+
 def _meta_users(path: Path, n_users: int) -> np.ndarray | None:
     if not path.exists():
         return None
@@ -309,9 +334,14 @@ def read(folder: str | os.PathLike, behaviors: Sequence[str] | None = None) -> P
         for other in rest:
             _same_matrix(d, d / first.file(b), m, d / other.file(b), _matrix(d / other.file(b)))
         mats.append(m)
-    n_users = max(m[0][0] for m in mats)
-    n_items = max(m[0][1] for m in mats)
+    shapes = {m[0] for m in mats}
+    if len(shapes) > 1:
+        listed = ", ".join(f"{layouts[0].file(b)} {m[0]}" for b, m in zip(order, mats))
+        raise CmlError(f"{d}: the training matrices differ in shape ({listed}); every behavior's matrix "
+                       "must be the same users x items")
+    n_users, n_items = mats[0][0]
     test = _test_pairs(d, layouts[0], n_users, n_items)
+    _check_held_out(d, test, mats[-1], layouts[0].file(order[-1]))
     user = np.concatenate([m[1] for m in mats])
     item = np.concatenate([m[2] for m in mats])
     time = np.concatenate([m[3] for m in mats])
