@@ -7,9 +7,7 @@ from pathlib import Path
 
 import click
 
-from cml_dgl.train.devices import DEVICES
-
-from .common import handle_errors
+from .common import DeviceName, handle_errors, threads_option
 from .main import cli
 
 
@@ -19,10 +17,11 @@ from .main import cli
               help="New run directory (with the refit dataset in OUT/dataset).")
 @click.option("--dataset", type=click.Path(path_type=Path), default=None,
               help="The source run's dataset (default: the one its run.json records).")
-@click.option("--device", type=click.Choice(DEVICES), default=None, help="Default: the source run's config.")
+@click.option("--device", type=DeviceName(), default=None, help="Default: the source run's config.")
 @click.option("--overwrite", is_flag=True, help="Replace the contents of an existing OUT.")
 @click.option("--quiet", is_flag=True, help="No progress bar and no per-epoch JSON lines on stdout.")
 @handle_errors
+@threads_option
 def refit_cmd(run_dir, out, dataset, device, overwrite, quiet):
     """Honest refit of a finished honest run (monitor valid): retrain on training + validation
     purchases, same config and seed, for exactly its best epoch count; then read the test split once.
