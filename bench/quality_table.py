@@ -151,8 +151,9 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
                 cell = [_mean_sd([e["metrics"][m] for e in ev[p]]) for p in ("sampled", "full")
                         for m in ("hr@10", "ndcg@10")]
                 g = ev["full"][0].get("groups", {})
-                seen = _mean_sd([e["groups"]["seen"]["metrics"]["ndcg@10"] for e in ev["full"] if "groups" in e])
-                new = _mean_sd([e["groups"]["new"]["metrics"]["ndcg@10"] for e in ev["full"] if "groups" in e])
+                seen, new = (_mean_sd([e["groups"][k]["metrics"]["ndcg@10"] for e in ev["full"]
+                                       if e.get("groups", {}).get(k, {}).get("metrics")])  # null: no such user
+                             for k in ("seen", "new"))
                 users = f"{g.get('seen', {}).get('n_users', '-')} / {g.get('new', {}).get('n_users', '-')}"
                 label = protocol + (" (test-selected)" if protocol == "paper" else "")
                 lines.append(f"| `{model}` | {label} | " + " | ".join(cell) + f" | {seen} / {new} ({users}) |")
