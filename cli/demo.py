@@ -46,14 +46,13 @@ def demo(out, users, items, epochs, seed, overwrite):
 def report(run_dir, out, checkpoint):
     """Plot losses and validation metrics per epoch and the meta weights; write report.md."""
     from cml_dgl.export import meta_contrastive_weights
-    from cml_dgl.report import write_report
+    from cml_dgl.report import check_report_dir, write_report
     from cml_dgl.runs import load_run
 
+    check_report_dir(run_dir, out)
     weights = None
     if (run_dir / "checkpoints" / f"{checkpoint}.pt").exists() or Path(checkpoint).is_file():
         weights = meta_contrastive_weights(load_run(run_dir, checkpoint)) or None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
     paths = write_report(run_dir, out, meta_weights=weights)
     for name, p in paths.items():
         click.echo(f"{name}: {p}")

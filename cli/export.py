@@ -22,8 +22,10 @@ from cli.main import cli
 def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite):
     """Write user and item embeddings with their raw ids, the per-user meta weights and a manifest."""
     from cml_dgl.export import export_embeddings
+    from cml_dgl.outputs import check_output
     from cml_dgl.runs import load_run
 
+    check_output(out, "export", overwrite=overwrite, inputs=[run_dir, dataset, checkpoint])
     run = load_run(run_dir, checkpoint, dataset=dataset)
     manifest = export_embeddings(run, out, fmt=fmt, per_behavior=per_behavior, overwrite=overwrite)
     click.echo(f"wrote {', '.join(manifest['tables'])} ({manifest['n_users']} users, "

@@ -56,6 +56,7 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
     and sums their gradients; only rank 0 writes RUN_DIR and prints.
     """
     from cml_dgl.data.dataset import load_dataset
+    from cml_dgl.outputs import check_output
     from cml_dgl.train import config as config_mod
     from cml_dgl.train import distributed
     from cml_dgl.train.trainer import RESUMABLE_KEYS, Trainer
@@ -88,6 +89,7 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
     else:
         if dataset is None or run_dir is None:
             raise click.UsageError("DATASET and -o RUN_DIR are required (or --resume RUN_DIR)")
+        check_output(run_dir, "run", overwrite=overwrite, inputs=[dataset, config_file])
         cfg = config_mod.resolve(presets, config_file, sets)
     ds = load_dataset(dataset)
     dist = distributed.init_from_env(cfg["device"])  # torchrun: one process per rank

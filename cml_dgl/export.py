@@ -10,6 +10,7 @@ import torch
 
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_dir, atomic_write_json, sha256_file
+from cml_dgl.outputs import check_output, write_mark
 from cml_dgl.runs import LoadedRun
 
 FORMATS = ("npy", "parquet", "csv")
@@ -73,6 +74,7 @@ def export_embeddings(run: LoadedRun, out: str | Path, fmt: str = "npy", per_beh
     """Write user/item embeddings (float32, raw ids row-aligned), meta weights and a manifest."""
     if fmt not in FORMATS:
         raise CmlError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_output(out, "export", overwrite=overwrite, inputs=[run.run_dir, run.checkpoint, run.ds.path])
     ds = run.ds
     with torch.no_grad():
         run.model.eval()
@@ -90,6 +92,7 @@ def export_embeddings(run: LoadedRun, out: str | Path, fmt: str = "npy", per_beh
                 tables[f"items_{b}"] = (ds.item_ids, o.item_beh[k].float().cpu().numpy())
     weights = meta_contrastive_weights(run)
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_mark(tmp, "export")
         files: list[Path] = []
         for name, (ids, emb) in tables.items():
             files += _write_table(tmp, name, ids, emb, fmt)

@@ -36,30 +36,41 @@ def sha256_file(path: str | os.PathLike, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _temp_prefix(name: str, what: str) -> str:
+    """``.<name>.<what>-``, the name cut so that the temporary name fits any file system."""
+    return f".{name[:64]}.{what}-"
+
+
 @contextlib.contextmanager
 def atomic_dir(outdir: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary sibling directory; on success it replaces ``outdir``.
 
-    On any exception the temporary directory is removed and ``outdir`` is left untouched.
+    An existing non-empty ``outdir`` is refused unless ``overwrite`` (whether it may be replaced
+    is :func:`cml_dgl.outputs.check_output`'s question, asked by the caller before the work). On
+    any exception the temporary directory is removed and ``outdir`` is left untouched.
     """
     out = Path(outdir)
-    if out.exists() and not overwrite:
-        raise CmlError(f"{out}: output directory exists (pass --overwrite to replace it)")
     if out.exists() and not out.is_dir():
-        raise CmlError(f"{out}: exists and is not a directory")
+        raise CmlError(f"{out}: is a file, not a folder; choose another output path")
+    if out.exists() and any(out.iterdir()) and not overwrite:
+        raise CmlError(f"{out}: output directory exists (pass --overwrite to replace it)")
     parent = out.parent if str(out.parent) else Path(".")
     try:
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CmlError(f"{parent}: cannot create output parent directory ({e.strerror})") from None
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o777 & ~umask)  # mkdtemp makes 0700; the output is an ordinary directory
+    tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "tmp"), dir=parent))
+    os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output is an ordinary directory
     try:
         yield tmp
         if out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=parent))
+            old = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "old"), dir=parent))
             os.replace(out, old / "d")
             os.replace(tmp, out)
             shutil.rmtree(old, ignore_errors=True)
@@ -78,7 +89,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes,
     rotate the previous version away); temporary files are named ``.<name>.tmp-*``.
     """
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name, "tmp"), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)

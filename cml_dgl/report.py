@@ -25,6 +25,7 @@ import numpy as np
 
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_write_bytes
+from cml_dgl.outputs import check_output, write_mark
 
 SELECT_METRIC = "ndcg@10"
 _MAX_CASE_USERS = 8
@@ -262,6 +263,22 @@ def _markdown(run_dir: Path, records: list[EpochRecord], best: EpochRecord | Non
     return "\n".join(lines)
 
 
+def check_report_dir(run_dir: Path, out_dir: Path | None) -> Path:
+    """The folder a report goes to: ``run_dir`` itself, or ``out_dir``, which must be new, empty,
+    a report folder or a run directory (its other files are never touched)."""
+    run_dir = Path(run_dir)
+    if out_dir is None:
+        return run_dir
+    out = Path(out_dir)
+    try:
+        same = out.resolve() == run_dir.resolve()
+    except (OSError, RuntimeError):
+        same = False
+    if same:
+        return out
+    return check_output(out, "report", inputs=[run_dir], what="--out", also=("report", "run"))
+
+
 def write_report(run_dir: Path, out_dir: Path | None = None,
                  meta_weights: dict[str, np.ndarray] | None = None) -> dict[str, Path]:
     """Write ``losses.png``, ``metrics.png``, optionally ``meta_weights.png``, and ``report.md``.
@@ -270,17 +287,20 @@ def write_report(run_dir: Path, out_dir: Path | None = None,
     paths under the keys ``losses``, ``metrics``, ``meta_weights`` (if drawn) and ``report``.
     """
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir
+    out = check_report_dir(run_dir, out_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     weights = _check_weights(meta_weights) if meta_weights is not None else None
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CmlError("reports need matplotlib: pip install 'cml-dgl[report]'") from None
+    new = not out.exists() or not any(out.iterdir())
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CmlError(f"{out}: cannot create the report directory ({e.strerror})") from None
+    if new:
+        write_mark(out, "report")
     best, how, test = _run_selection(run_dir, records)
     paths = {"losses": _plot_losses(records, out / "losses.png"),
              "metrics": _plot_metrics(records, best, out / "metrics.png")}

@@ -36,6 +36,7 @@ import numpy as np
 
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_dir, atomic_write_json, sha256_file
+from cml_dgl.outputs import check_output, write_mark
 
 FORMAT_VERSION = 1
 N_NEGATIVES = 99
@@ -189,7 +190,9 @@ def _id_array(ids: np.ndarray) -> np.ndarray:
 
 
 def write_dataset(ds: Dataset, outdir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``ds`` to ``outdir`` atomically (a temporary sibling renamed into place)."""
+    """Write ``ds`` to ``outdir`` atomically (a temporary sibling renamed into place), marked as
+    a dataset folder; an existing one is replaced only with ``overwrite`` (see :mod:`cml_dgl.outputs`)."""
+    check_output(outdir, "dataset", overwrite=overwrite)
     ds.validate()
     order = np.lexsort((ds.train_item, ds.train_user, ds.train_behavior))
     arrays: dict[str, np.ndarray] = {
@@ -207,6 +210,7 @@ def write_dataset(ds: Dataset, outdir: str | os.PathLike, overwrite: bool = Fals
     if ds.meta_users is not None:
         arrays["meta_users"] = ds.meta_users.astype(np.int32)
     with atomic_dir(outdir, overwrite=overwrite) as tmp:
+        write_mark(tmp, "dataset")
         files = {f"{name}.npy": _save_array(tmp, name, arr) for name, arr in arrays.items()}
         meta = {
             "format": "cml-dgl-dataset",

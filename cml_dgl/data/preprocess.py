@@ -23,6 +23,7 @@ from cml_dgl.data.sources import cml_pickle
 from cml_dgl.data.sources.tabular import DEFAULT_BLOCK_BYTES
 from cml_dgl.data.split import draw_negatives, hold_out_latest, leave_one_out, pairs
 from cml_dgl.errors import CmlError
+from cml_dgl.outputs import check_output
 
 DEFAULT_SEED = 2023
 
@@ -146,10 +147,8 @@ def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike,
     then leaves no ``outdir`` behind.
     """
     src = sources.resolve(source)
-    out = Path(outdir)
-    if out.exists() and not overwrite:
-        raise CmlError(f"{out}: output directory exists (pass --overwrite to replace it)")
     _check_options(negatives, min_purchases, min_user_interactions, min_item_interactions, block_bytes)
+    out = check_output(outdir, "dataset", overwrite=overwrite, inputs=[input])
     path = Path(input)
     options: dict[str, Any] = {
         "source": src.name, "input": str(path.resolve()), "input_bytes": _size(path),
