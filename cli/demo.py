@@ -45,13 +45,19 @@ def demo(out, users, items, epochs, seed, overwrite):
 @handle_errors
 def report(run_dir, out, checkpoint):
     """Plot losses and validation metrics per epoch and the meta weights; write report.md."""
+    from cml_dgl.errors import CmlError
     from cml_dgl.export import meta_contrastive_weights
     from cml_dgl.report import check_report_dir, write_report
-    from cml_dgl.runs import load_run
+    from cml_dgl.runs import checkpoint_path, load_run
 
     check_report_dir(run_dir, out)
     weights = None
-    if (run_dir / "checkpoints" / f"{checkpoint}.pt").exists() or Path(checkpoint).is_file():
+    try:
+        checkpoint_path(run_dir, checkpoint)
+    except CmlError:
+        if checkpoint != "best":  # a run without best.pt still gets its loss and metric figures
+            raise
+    else:
         weights = meta_contrastive_weights(load_run(run_dir, checkpoint)) or None
     paths = write_report(run_dir, out, meta_weights=weights)
     for name, p in paths.items():

@@ -83,8 +83,11 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
                 recorded = json.loads((Path(run_dir) / "run.json").read_text()).get("dataset")
             except (OSError, ValueError, AttributeError):
                 recorded = None
-            if not recorded:
+            if not recorded or not isinstance(recorded, str):
                 raise CmlError(f"{run_dir}/run.json: missing or records no dataset; pass DATASET")
+            if not Path(recorded).exists():
+                raise CmlError(f"{run_dir}/run.json: the run's dataset {recorded} is gone (moved or "
+                               f"deleted); pass it: cml train --resume {run_dir} DATASET")
             dataset = Path(recorded)
     else:
         if dataset is None or run_dir is None:
@@ -96,6 +99,10 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
     try:
         trainer = Trainer(ds, cfg, run_dir, quiet=quiet, dist=dist)
         trainer.prepare_run_dir(overwrite=overwrite, resume=resume_dir is not None)
+        if trainer.state.epoch > cfg["epochs"]:
+            raise CmlError(f"--epochs {cfg['epochs']}: the run has already done {trainer.state.epoch} "
+                           f"epochs; a resumed run can only go on (pass --epochs {trainer.state.epoch + 1} "
+                           "or more)")
         summary = trainer.fit()
     finally:
         distributed.shutdown(dist)

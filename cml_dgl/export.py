@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from cml_dgl.data.dataset import dropped_user_ids
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_dir, atomic_write_json, sha256_file
 from cml_dgl.outputs import check_output, write_mark
@@ -129,6 +130,13 @@ def raw_user_index(run: LoadedRun, raw: str) -> int:
         raise CmlError(f"unknown user {raw!r}: this dataset's user ids are integers") from None
     hits = np.flatnonzero(ids == key)
     if len(hits) == 0:
+        dropped = dropped_user_ids(run.ds)
+        if dropped is not None and np.any(dropped == key):
+            opts = run.ds.options
+            rules = ", ".join(f"{k}={opts[k]}" for k in ("min_purchases", "min_user_interactions",
+                                                          "min_item_interactions") if k in opts)
+            raise CmlError(f"user {raw!r}: in the input log, but the preprocessing filters dropped it "
+                           f"({rules}); the model has no embedding for it")
         raise CmlError(f"unknown user {raw!r}: not in the dataset's user id map ({len(ids)} users)")
     return int(hits[0])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -25,6 +26,8 @@ def open_binary(path: str | os.PathLike, expected: str = "a file") -> BinaryIO:
     except IsADirectoryError:
         raise CmlError(f"{p}: is a directory, expected {expected}") from None
     except OSError as e:
+        if e.errno == errno.ELOOP:
+            raise CmlError(f"{p}: a symbolic link loop (too many levels of symbolic links)") from None
         raise CmlError(f"{p}: cannot read ({e.strerror or e})") from None
 
 

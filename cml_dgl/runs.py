@@ -34,10 +34,33 @@ class LoadedRun:
         return self.model.embeddings()
 
 
+NAMED_CHECKPOINTS = ("best", "last", "prev")
+
+
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    if checkpoint in ("best", "last"):
-        return run_dir / "checkpoints" / f"{checkpoint}.pt"
-    return Path(checkpoint)
+    """The file ``--checkpoint`` names: ``best``, ``last`` or ``prev`` (``RUN_DIR/checkpoints/<name>.pt``),
+    a checkpoint file, or another file of ``RUN_DIR/checkpoints`` by its name with or without ``.pt``."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if checkpoint in NAMED_CHECKPOINTS:
+        path = ckpt_dir / f"{checkpoint}.pt"
+        if not path.is_file():
+            raise CmlError(f"{path}: checkpoint not found (the run has no {checkpoint!r} checkpoint yet)")
+        return path
+    candidates = [Path(checkpoint)]
+    if checkpoint and "/" not in checkpoint and checkpoint not in (".", ".."):
+        candidates += [ckpt_dir / checkpoint, ckpt_dir / f"{checkpoint}.pt"]
+    for path in candidates:
+        try:
+            if path.is_file():
+                return path
+        except (OSError, ValueError):
+            continue
+    try:
+        have = sorted(p.stem for p in ckpt_dir.glob("*.pt"))
+    except OSError:
+        have = []
+    raise CmlError(f"--checkpoint {checkpoint}: checkpoint not found, neither a file nor one of the run's "
+                   f"checkpoints ({', '.join(have) or 'none yet'} in {ckpt_dir})")
 
 
 def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path | Dataset | None = None,
@@ -52,8 +75,6 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
     if not cfg_path.is_file():
         raise CmlError(f"{rd}: not a run directory (no config.yaml; train one with `cml train`)")
     ckpt = checkpoint_path(rd, checkpoint)
-    if not ckpt.is_file():
-        raise CmlError(f"{ckpt}: checkpoint not found (the run has no {checkpoint!r} checkpoint yet)")
     try:
         saved = yaml.safe_load(cfg_path.read_text())
         recorded = json.loads((rd / "run.json").read_text()).get("dataset")
@@ -63,6 +84,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
     ds_path = dataset or recorded
     if not ds_path:
         raise CmlError(f"{rd}/run.json records no dataset; pass --dataset")
+    if dataset is None and not isinstance(recorded, str):
+        raise CmlError(f"{rd}/run.json: field 'dataset' must be a path, got {recorded!r:.80}; pass --dataset")
+    if dataset is None and not Path(recorded).exists():
+        raise CmlError(f"{rd}/run.json: the run's dataset {recorded} is gone (moved or deleted); pass "
+                       "--dataset PATH, a dataset folder with the same id maps")
     ds = ds_path if isinstance(ds_path, Dataset) else load_dataset(ds_path)
     state, info = load_checkpoint(ckpt)
     if info.get("id_map_checksum") != ds.id_map_checksum():

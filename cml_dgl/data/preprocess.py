@@ -59,6 +59,16 @@ def _size(path: Path) -> int | None:
         return None
 
 
+def _input_name(path: Path) -> str:
+    """The input as recorded in the dataset: an absolute path, or ``-`` for standard input."""
+    if str(path) == "-":
+        return "-"
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: reading it fails with its own message
+        return os.path.abspath(path)
+
+
 def _check_options(negatives: int, min_purchases: int | None, min_user_interactions: int,
                    min_item_interactions: int, block_bytes: int) -> None:
     if negatives < 1:
@@ -98,7 +108,7 @@ def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | Non
         train_user=inter.user[keep], train_item=inter.item[keep], train_behavior=inter.behavior[keep],
         train_time=inter.time[keep], valid=valid_pairs, test=test_pairs, valid_negatives=valid_neg,
         test_negatives=test_neg, user_ids=inter.user_ids, item_ids=inter.item_ids, meta_users=None,
-        source=source.name, options=options, seed=seed,
+        source=source.name, options=options, seed=seed, dropped_user_ids=inter.dropped_user_ids,
     )
 
 
@@ -150,8 +160,10 @@ def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike,
     _check_options(negatives, min_purchases, min_user_interactions, min_item_interactions, block_bytes)
     out = check_output(outdir, "dataset", overwrite=overwrite, inputs=[input])
     path = Path(input)
+    if src.min_purchases is None and str(input) == "-":
+        raise CmlError(f"{src.name} reads a published split folder; '-' (standard input) cannot be one")
     options: dict[str, Any] = {
-        "source": src.name, "input": str(path.resolve()), "input_bytes": _size(path),
+        "source": src.name, "input": _input_name(path), "input_bytes": _size(path),
         "behaviors": list(behaviors or src.behaviors or ()), "valid": bool(valid),
         "negatives": int(negatives), "seed": int(seed),
     }
