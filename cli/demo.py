@@ -51,14 +51,15 @@ def report(run_dir, out, checkpoint):
     from cml_dgl.runs import checkpoint_path, load_run
 
     check_report_dir(run_dir, out)
-    weights = None
+    weights = user_ids = None
     try:
         checkpoint_path(run_dir, checkpoint)
     except CmlError:
         if checkpoint != "best":  # a run without best.pt still gets its loss and metric figures
             raise
     else:
-        weights = meta_contrastive_weights(load_run(run_dir, checkpoint)) or None
-    paths = write_report(run_dir, out, meta_weights=weights)
+        run = load_run(run_dir, checkpoint)
+        weights, user_ids = meta_contrastive_weights(run) or None, run.ds.user_ids
+    paths = write_report(run_dir, out, meta_weights=weights, user_ids=user_ids)
     for name, p in paths.items():
         click.echo(f"{name}: {p}")

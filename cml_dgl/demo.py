@@ -71,7 +71,8 @@ def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, ove
     cml_run = runs["cml"]
     manifest = export_embeddings(cml_run, out / "embeddings", overwrite=True)
     log(f"[4/5] exported {', '.join(manifest['tables'])} -> {out / 'embeddings'}")
-    figures = write_report(out / "run-cml", meta_weights=meta_contrastive_weights(cml_run, seed=seed))
+    figures = write_report(out / "run-cml", meta_weights=meta_contrastive_weights(cml_run, seed=seed),
+                           user_ids=ds.user_ids)
     log(f"[5/5] report -> {figures['report']}")
     summary = {"out": str(out), "seconds": round(time.perf_counter() - t0, 1), "dataset": info,
                "test": results, "figures": {k: str(v) for k, v in figures.items()},

@@ -50,3 +50,17 @@ def test_every_written_file_follows_the_umask(tmp_path, mask):
         assert stat.S_IMODE(p.stat().st_mode) == 0o666 & ~mask, (p, oct(p.stat().st_mode))
     for p in (p for p in tmp_path.rglob("*") if p.is_dir()):
         assert stat.S_IMODE(p.stat().st_mode) == 0o777 & ~mask, p
+
+
+def test_the_report_labels_sampled_users_by_their_raw_id(tmp_path):
+    pytest.importorskip("matplotlib", reason="reports need matplotlib (extra 'report')")
+    ds = make_tiny_dataset(n_users=20, n_items=30, seed=5)
+    ds.user_ids = np.array([f"shopper-{k * 7}" for k in range(20)])
+    write_dataset(ds, tmp_path / "ds")
+    run_cli_ok("train", tmp_path / "ds", "-o", tmp_path / "run", "--epochs", "1", "--quiet",
+               "--backend", "torch", "--set", "batch_size=32", "--set", "meta_batch=8")
+    run_cli_ok("report", tmp_path / "run", "--out", tmp_path / "rep")
+    md = (tmp_path / "rep" / "report.md").read_text()
+    table = md[md.index("Sampled users"):]
+    assert "| shopper-0 |" in table and "| shopper-133 |" in table, table  # the first and last user
+    assert "user 0 " not in md and "#" not in table
