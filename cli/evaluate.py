@@ -27,8 +27,9 @@ from cli.main import cli
 @click.option("--dataset", type=click.Path(), default=None, help="Dataset directory (default: the run's).")
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for --protocol both.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (full protocol) on stderr.")
 @handle_errors
-def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device, as_json):
+def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device, as_json, quiet):
     """Evaluate a trained run on the test (or validation) split."""
     from cml_dgl.eval.evaluate import evaluate
     from cml_dgl.runs import load_run
@@ -37,7 +38,7 @@ def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, datas
     run = load_run(run_dir, checkpoint, dataset=dataset, device=device)
     user, item = run.embeddings()
     results = evaluate(run.ds, user, item, split=split, protocol=protocol, ks=cutoffs,
-                       tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"])
+                       tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"], progress=not quiet)
     for r in results:
         r["checkpoint"] = str(run.checkpoint)
         r["model"] = run.cfg["model"]

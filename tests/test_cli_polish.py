@@ -64,3 +64,25 @@ def test_the_report_labels_sampled_users_by_their_raw_id(tmp_path):
     table = md[md.index("Sampled users"):]
     assert "| shopper-0 |" in table and "| shopper-133 |" in table, table  # the first and last user
     assert "user 0 " not in md and "#" not in table
+
+
+def test_preprocessing_steps_after_the_read_show_progress(tmp_path):
+    log = write_log(tmp_path / "log.csv")
+    loud = run_cli_ok("preprocess", "csv", log, "--behaviors", "view,cart,buy", "-o", tmp_path / "a",
+                      "--negatives", "5")
+    for step in ("[1/4] dedupe and filter", "[2/4] hold out test/validation", "[3/4] draw negatives",
+                 "[4/4] write dataset"):
+        assert step in loud.stderr, loud.stderr
+    quiet = run_cli_ok("preprocess", "csv", log, "--behaviors", "view,cart,buy", "-o", tmp_path / "b",
+                       "--negatives", "5", "-q")
+    assert quiet.stderr == ""
+
+
+def test_full_ranking_evaluation_shows_progress(tmp_path):
+    write_dataset(make_tiny_dataset(n_users=20, n_items=30, seed=5), tmp_path / "ds")
+    run_cli_ok("train", tmp_path / "ds", "-o", tmp_path / "run", "--model", "mf", "--epochs", "1",
+               "--quiet", "--backend", "torch")
+    loud = run_cli_ok("evaluate", tmp_path / "run", "--protocol", "full", "--json")
+    assert "full ranking" in loud.stderr and "/20" in loud.stderr, loud.stderr
+    assert json.loads(loud.stdout)["n_users"] == 20
+    assert run_cli_ok("evaluate", tmp_path / "run", "--protocol", "full", "-q").stderr == ""

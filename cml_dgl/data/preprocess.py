@@ -11,10 +11,12 @@ carved (unless ``valid=False``) and the candidates drawn. Every option lands in
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from cml_dgl.data import sources
 from cml_dgl.data.dataset import N_NEGATIVES, Dataset, write_dataset
@@ -81,11 +83,40 @@ def _check_options(negatives: int, min_purchases: int | None, min_user_interacti
         raise CmlError(f"--block-bytes: expected at least 1024, got {block_bytes}")
 
 
+STEPS = ("dedupe and filter", "hold out test/validation", "draw negatives", "write dataset")
+
+
+class _Steps:
+    """The steps after the input is read (which has its own bar), on one progress line on stderr:
+    ``[k/n] step (elapsed)``. The line appears with the first step, so an unreadable input
+    leaves only its error line."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, name: str) -> None:
+        k = STEPS.index(name)
+        if self.bar is None:
+            self.bar = tqdm(total=len(STEPS), initial=k, file=sys.stderr, disable=self.quiet,
+                            leave=False, bar_format="{desc} ({elapsed})")
+        else:
+            self.bar.update(1)
+        self.bar.set_description_str(f"[{k + 1}/{len(STEPS)}] {name}", refresh=True)
+
+    def __enter__(self) -> "_Steps":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | None, min_purchases: int,
               min_user_interactions: int, min_item_interactions: int, valid: bool, negatives: int,
-              seed: int, block_bytes: int, quiet: bool, options: dict[str, Any]) -> Dataset:
+              seed: int, block_bytes: int, quiet: bool, options: dict[str, Any], step: _Steps) -> Dataset:
     events = sources.read_raw(source, path, behaviors, block_bytes=block_bytes, quiet=quiet)
     options["time_unit"] = events.time_unit
+    step(STEPS[0])
     inter = build_interactions(events, min_purchases=min_purchases,
                                min_user_interactions=min_user_interactions,
                                min_item_interactions=min_item_interactions, what=str(path))
@@ -93,12 +124,14 @@ def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | Non
     buy = inter.behavior == target
     exclude = _purchase_keys(inter.user[buy], inter.item[buy], inter.n_items)
     del buy
+    step(STEPS[1])
     keep, valid_pairs, test_pairs = leave_one_out(inter.user, inter.item, inter.behavior, inter.time,
                                                   inter.n_users, target, valid)
     if len(test_pairs) == 0:
         raise CmlError(f"{path}: no {inter.behaviors[target]!r} (target) interaction is left after the "
                        f"filters, so there is nothing to hold out for testing (min_purchases="
                        f"{min_purchases}); the log needs purchases")
+    step(STEPS[2])
     valid_neg, test_neg = _negatives(valid_pairs, test_pairs, exclude, inter.n_items, negatives, seed,
                                      inter.user_ids, str(path))
     stats = dict(inter.stats, held_out_edges=int(len(keep) - np.count_nonzero(keep)))
@@ -113,8 +146,9 @@ def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | Non
 
 
 def _from_published(path: Path, behaviors: Sequence[str] | None, valid: bool, negatives: int,
-                    seed: int, options: dict[str, Any]) -> Dataset:
+                    seed: int, options: dict[str, Any], step: _Steps) -> Dataset:
     split = cml_pickle.read(path, behaviors)
+    step(STEPS[1])
     options["behaviors"] = list(split.behaviors)
     target = len(split.behaviors) - 1
     test = split.test.astype(np.int32)
@@ -130,6 +164,7 @@ def _from_published(path: Path, behaviors: Sequence[str] | None, valid: bool, ne
                                      target, candidates=has_test[split.user])
         valid_pairs = pairs(held)
     ids = np.arange(split.n_users, dtype=np.int64)
+    step(STEPS[2])
     valid_neg, test_neg = _negatives(valid_pairs, test, exclude, split.n_items, negatives, seed, ids,
                                      str(path))
     options["stats"] = {"published_train_edges": int(len(split.user)),
@@ -167,15 +202,18 @@ def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike,
         "behaviors": list(behaviors or src.behaviors or ()), "valid": bool(valid),
         "negatives": int(negatives), "seed": int(seed),
     }
-    if src.min_purchases is None:
-        if min_purchases is not None or min_user_interactions != 1 or min_item_interactions != 1:
-            raise CmlError(f"{src.name} keeps a published split as it is: --min-purchases, "
-                           "--min-user-interactions and --min-item-interactions do not apply")
-        ds = _from_published(path, behaviors, valid, negatives, seed, options)
-    else:
-        mp = src.min_purchases if min_purchases is None else int(min_purchases)
-        options.update(min_purchases=mp, min_user_interactions=int(min_user_interactions),
-                       min_item_interactions=int(min_item_interactions), block_bytes=int(block_bytes))
-        ds = _from_raw(src, path, behaviors, mp, min_user_interactions, min_item_interactions, valid,
-                       negatives, seed, block_bytes, quiet, options)
-    return write_dataset(ds, out, overwrite=overwrite)
+    if src.min_purchases is None and (min_purchases is not None or min_user_interactions != 1
+                                      or min_item_interactions != 1):
+        raise CmlError(f"{src.name} keeps a published split as it is: --min-purchases, "
+                       "--min-user-interactions and --min-item-interactions do not apply")
+    with _Steps(quiet) as step:
+        if src.min_purchases is None:
+            ds = _from_published(path, behaviors, valid, negatives, seed, options, step)
+        else:
+            mp = src.min_purchases if min_purchases is None else int(min_purchases)
+            options.update(min_purchases=mp, min_user_interactions=int(min_user_interactions),
+                           min_item_interactions=int(min_item_interactions), block_bytes=int(block_bytes))
+            ds = _from_raw(src, path, behaviors, mp, min_user_interactions, min_item_interactions, valid,
+                           negatives, seed, block_bytes, quiet, options, step)
+        step(STEPS[3])
+        return write_dataset(ds, out, overwrite=overwrite)
