@@ -94,7 +94,7 @@ def preprocess_cmd(source: str, input: Path, outdir: Path, behaviors: list[str] 
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print one JSON object.")
 @handle_errors
 def info_cmd(dataset: Path, as_json: bool) -> None:
-    """Summarise a dataset folder written by `cml preprocess`."""
+    """Summarise a dataset folder written by 'cml preprocess'."""
     info = load_dataset(dataset).info()
     if as_json:
         click.echo(json.dumps(info, sort_keys=True))

@@ -48,10 +48,10 @@ SHORTCUTS = ("model", "variant", "epochs", "patience", "seed", "device", "backen
 def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwrite, quiet, **shortcuts):
     """Train CML (or a baseline) on DATASET into a run directory.
 
-    One JSON line per epoch goes to RUN_DIR/metrics.jsonl (and stdout). Checkpoints `last` and
-    `best` (by the monitored metric, monitor_metric: ndcg@10 by default) go to RUN_DIR/checkpoints; summary.json holds the result.
+    One JSON line per epoch goes to RUN_DIR/metrics.jsonl (and stdout). Checkpoints last.pt and
+    best.pt (by the monitored metric, monitor_metric: ndcg@10 by default) go to RUN_DIR/checkpoints; summary.json holds the result.
 
-    Data-parallel: `torchrun --nproc_per_node N -m cli train ...` (or the `cml` script) splits each
+    Data-parallel: 'torchrun --nproc_per_node N -m cli train ...' (or the cml script) splits each
     batch's loss terms over N processes (Gloo on the CPU, NCCL with --device cuda, one GPU each)
     and sums their gradients; only rank 0 writes RUN_DIR and prints.
     """

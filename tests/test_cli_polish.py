@@ -86,3 +86,26 @@ def test_full_ranking_evaluation_shows_progress(tmp_path):
     assert "full ranking" in loud.stderr and "/20" in loud.stderr, loud.stderr
     assert json.loads(loud.stdout)["n_users"] == 20
     assert run_cli_ok("evaluate", tmp_path / "run", "--protocol", "full", "-q").stderr == ""
+
+
+COMMANDS = ["preprocess", "info", "train", "evaluate", "export-embeddings", "recommend", "report", "demo"]
+
+
+def test_help_has_no_raw_markup():
+    for args in [["--help"]] + [[c, "--help"] for c in COMMANDS]:
+        text = run_cli_ok(*args).output
+        assert "`" not in text, (args, [line for line in text.splitlines() if "`" in line])
+
+
+@pytest.mark.parametrize("args, fragment", [
+    (["train", "--no-such-option"], "No such option: --no-such-option"),
+    (["evaluate"], "Missing argument 'RUN_DIR'"),
+    (["evaluate", "x", "--protocol", "bogus"], "Invalid value for '--protocol'"),
+    (["preprocess", "nosource", "x", "-o", "y"], "Invalid value for 'SOURCE'"),
+    (["nosuch-command"], "No such command"),
+    (["train", "ds", "-o", "r", "--epochs", "many"], "'many' is not a valid integer"),
+])
+def test_usage_errors_are_one_error_line_with_exit_code_2(args, fragment):
+    res = run_cli(*args)
+    err = assert_one_line_error(res, fragment)
+    assert "Usage:" not in res.stderr and "Usage:" not in res.output, err
