@@ -109,3 +109,28 @@ def test_usage_errors_are_one_error_line_with_exit_code_2(args, fragment):
     res = run_cli(*args)
     err = assert_one_line_error(res, fragment)
     assert "Usage:" not in res.stderr and "Usage:" not in res.output, err
+
+
+def test_a_10_mb_line_is_refused_after_reading_about_one_mebibyte(tmp_path, monkeypatch):
+    from cml_dgl.data.sources import tabular
+
+    read = []
+    real_read = tabular._read
+
+    def counting(stream, n, path):
+        data = real_read(stream, n, path)
+        read.append(len(data))
+        return data
+
+    monkeypatch.setattr(tabular, "_read", counting)
+    for source, header, extra in (("taobao", "", []),
+                                  ("csv", "user,item,behavior,timestamp\n", ["--behaviors", "view,buy"])):
+        read.clear()
+        path = tmp_path / f"{source}.csv"
+        path.write_text(header + "1" * 10_000_000)
+        res = run_cli("preprocess", source, path, "-o", tmp_path / f"out-{source}", "-q",
+                      "--block-bytes", "4096", *extra)
+        assert_one_line_error(res, f"line {2 if header else 1}: longer than 1 MiB without a line end")
+        assert sum(read) <= tabular.MAX_LINE_BYTES + (1 << 16) + 4096, sum(read)
+        assert not (tmp_path / f"out-{source}").exists()
+

@@ -40,6 +40,9 @@ from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import open_binary
 
 DEFAULT_BLOCK_BYTES = 64 << 20
+MAX_LINE_BYTES = 1 << 20
+"""A longer line is refused: an event is a few dozen bytes, and one huge line would be parsed in
+one piece (a file with old Mac line ends, a binary file, a JSON dump)."""
 _CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"
 _READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
 
@@ -165,23 +168,41 @@ def _read(stream: BinaryIO, n: int, path: Path) -> bytes:
         raise CmlError(f"{path}: cannot read ({e}); is the file truncated or corrupt?") from None
 
 
-def _blocks(stream: BinaryIO, block_bytes: int, path: Path, first: bytes
+def _long_line(path: Path, line_no: int) -> CmlError:
+    return CmlError(f"{path}: line {line_no}: longer than {MAX_LINE_BYTES >> 20} MiB without a line end; "
+                    "expected one event per line, ending in \\n or \\r\\n")
+
+
+def _blocks(stream: BinaryIO, block_bytes: int, path: Path, first: bytes, line_no: int
             ) -> Iterator[bytes]:
-    """Consecutive pieces of the stream, each ending at a line end (the last one may not)."""
-    rest = first
+    """Consecutive pieces of the stream, each ending at a line end (the last one may not).
+
+    ``line_no`` is the number of the first line of ``first``. A line that spans reads and grows
+    past :data:`MAX_LINE_BYTES` is refused as soon as it does (its pieces are kept in a list, so
+    it costs linear time); a line within one read is bounded by ``block_bytes``."""
+    pending: list[bytes] = [first] if first else []
+    tail = len(first) - 1 - first.rfind(b"\n")  # bytes of the unfinished last line
+    ends = first.count(b"\n")  # line ends held in ``pending``
     while True:
         chunk = _read(stream, block_bytes, path)
         if not chunk:
-            if rest:
-                yield rest
+            if pending:
+                yield b"".join(pending)
             return
-        buf = rest + chunk if rest else chunk
-        cut = buf.rfind(b"\n")
+        cut = chunk.rfind(b"\n")
         if cut < 0:
-            rest = buf
+            pending.append(chunk)
+            tail += len(chunk)
+            if tail > MAX_LINE_BYTES:
+                raise _long_line(path, line_no + ends)
             continue
-        rest = buf[cut + 1:]
-        yield buf[:cut + 1]
+        if tail + chunk.find(b"\n") > MAX_LINE_BYTES:
+            raise _long_line(path, line_no + ends)
+        block = b"".join(pending + [chunk[:cut + 1]]) if pending else chunk[:cut + 1]
+        line_no += ends + chunk.count(b"\n", 0, cut + 1)
+        rest = chunk[cut + 1:]
+        pending, tail, ends = ([rest] if rest else []), len(rest), 0
+        yield block
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -198,13 +219,17 @@ def _layout(spec: TableSpec, stream: BinaryIO, path: Path) -> tuple[_Layout, byt
     if spec.columns is not None:
         pos = {role: spec.columns.index(name) for role, name in roles.items()}
         return _Layout(len(spec.columns), spec.columns, pos, 1), b""
-    head = b""
-    while b"\n" not in head:
+    pieces: list[bytes] = []
+    size = 0
+    while True:
         chunk = _read(stream, 1 << 16, path)
-        if not chunk:
+        pieces.append(chunk)
+        if not chunk or b"\n" in chunk:
             break
-        head += chunk
-    line, _, rest = head.partition(b"\n")
+        size += len(chunk)
+        if size > MAX_LINE_BYTES:
+            raise _long_line(path, 1)
+    line, _, rest = b"".join(pieces).partition(b"\n")
     line = line.removeprefix(b"\xef\xbb\xbf")
     if not line.strip():
         raise CmlError(f"{path}: line 1: expected a header naming the columns "
@@ -346,7 +371,7 @@ def read_events(path: str | os.PathLike, spec: TableSpec, *, block_bytes: int = 
         line_no = lay.first_data_line
         with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                   desc=f"reading {p.name}", disable=quiet, leave=False, mininterval=0.5) as bar:
-            for block in _blocks(stream, block_bytes, p, rest):
+            for block in _blocks(stream, block_bytes, p, rest, line_no):
                 try:
                     parsed = _parse_block(block, spec, lay, lookup)
                 except _BadBlock as e:
