@@ -68,17 +68,24 @@ def atomic_dir(outdir: str | os.PathLike, overwrite: bool = False) -> Iterator[P
         parent.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CmlError(f"{parent}: cannot create output parent directory ({e.strerror})") from None
+    parent = Path(os.path.realpath(parent))  # fixed now: "a/../b" must not move with a
+    target = parent / out.name
     tmp = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "tmp"), dir=parent))
     os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes 0700; the output is an ordinary directory
     try:
         yield tmp
-        if out.exists():
+        if os.path.lexists(target):
             old = Path(tempfile.mkdtemp(prefix=_temp_prefix(out.name, "old"), dir=parent))
-            os.replace(out, old / "d")
-            os.replace(tmp, out)
+            os.replace(target, old / "d")
+            try:
+                os.replace(tmp, target)
+            except BaseException:
+                os.replace(old / "d", target)
+                os.rmdir(old)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
-            os.replace(tmp, out)
+            os.replace(tmp, target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -151,6 +151,16 @@ def _lstat(p: Path, what: str) -> os.stat_result | None:
         raise CmlError(f"{what} {p}: cannot be examined ({e.strerror or e})") from None
 
 
+def _check_parts(p: Path, what: str) -> None:
+    """No ``..`` last (the output would have no name of its own), nor after a name that is not a
+    folder (creating the path would leave that name behind as a stray folder)."""
+    if p.name == "..":
+        raise CmlError(f"{what} {p}: ends in '..'; name the output folder itself")
+    for k, part in enumerate(p.parts):
+        if part == ".." and k and not os.path.isdir(Path(*p.parts[:k])):
+            raise CmlError(f"{what} {p}: goes up ('..') from {Path(*p.parts[:k])}, which is not a folder")
+
+
 def _check_creatable(p: Path, what: str) -> None:
     """``p`` does not exist: the nearest existing folder above it must accept new folders, and
     every missing name must fit the file system. Probed with a temporary folder, then removed."""
@@ -211,6 +221,7 @@ def check_output(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
         if _is_within(r_in, real):
             how = "is" if r_in == real else "holds"
             raise CmlError(f"{what} {p}: {how} the input {inp}; write the output elsewhere")
+    _check_parts(p, what)
     if st is None:
         _check_creatable(p, what)
         return p

@@ -256,3 +256,19 @@ def test_an_empty_existing_folder_is_used_without_overwrite(tmp_path):
     (tmp_path / "empty").mkdir()
     assert preprocess(log, tmp_path / "empty").exit_code == 0
     assert folder_kind(tmp_path / "empty") == "dataset"
+
+
+def test_dot_dot_in_an_output_path(tmp_path, monkeypatch):
+    """Found by tests/test_fuzz_cli_paths.py: '-o ds/ds/..' made a stray ds/ds and a traceback;
+    '-o ds/../ds --overwrite' moved the dataset aside, then failed to find the path again."""
+    log = write_log(tmp_path / "log.csv")
+    monkeypatch.chdir(tmp_path)
+    assert preprocess(log, "ds").exit_code == 0
+    before = snapshot(tmp_path)
+    assert_one_line_error(preprocess(log, "ds/ds/..", "--overwrite"), "ends in '..'")
+    assert_one_line_error(preprocess(log, "new/../x"), "goes up ('..') from new, which is not a folder")
+    assert snapshot(tmp_path) == before
+    res = preprocess(log, "ds/../ds/", "--overwrite", "--seed", "5")
+    assert res.exit_code == 0, res.stderr
+    assert load_dataset(tmp_path / "ds").seed == 5
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["ds", "log.csv"], "nothing left aside"
