@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import click
 
@@ -25,7 +26,8 @@ def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite):
     from cml_dgl.outputs import check_output
     from cml_dgl.runs import load_run
 
-    check_output(out, "export", overwrite=overwrite, inputs=[run_dir, dataset, checkpoint])
+    ckpt_file = checkpoint if os.path.exists(checkpoint) else None  # best, last...: inside RUN_DIR
+    check_output(out, "export", overwrite=overwrite, inputs=[run_dir, dataset, ckpt_file])
     run = load_run(run_dir, checkpoint, dataset=dataset)
     manifest = export_embeddings(run, out, fmt=fmt, per_behavior=per_behavior, overwrite=overwrite)
     click.echo(f"wrote {', '.join(manifest['tables'])} ({manifest['n_users']} users, "

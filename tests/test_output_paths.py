@@ -74,6 +74,16 @@ def test_export_into_its_own_run_directory_is_refused(trained, tmp_path):
     assert snapshot(run) == before and (run / "checkpoints" / "best.pt").is_file()
 
 
+def test_a_checkpoint_name_is_no_input_path(trained, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    run_cli_ok("export-embeddings", trained / "run", "-o", "best", "--checkpoint", "best")
+    assert folder_kind(tmp_path / "best") == "export"
+    ckpt = tmp_path / "mine.pt"
+    shutil.copy(trained / "run" / "checkpoints" / "last.pt", ckpt)
+    assert_one_line_error(run_cli("export-embeddings", trained / "run", "-o", ckpt, "--checkpoint", ckpt),
+                          "is the input")
+
+
 @pytest.mark.parametrize("target", [".", "..", "sub/.."])
 def test_the_current_folder_and_those_above_it_are_never_outputs(tmp_path, monkeypatch, target):
     work = tmp_path / "a" / "work"
