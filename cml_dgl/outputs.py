@@ -6,6 +6,7 @@ input is read and refuses, with one line, an output that
 
 - is the current folder or one above it, or holds one of the command's inputs;
 - is a file, a broken link or a symbolic-link loop, or lies under a file;
+- ends in ``..``, or goes up from a name that is not a folder;
 - cannot be created (a read-only or virtual file system, no permission, a name too long);
 - exists and is not empty, unless ``overwrite`` and the folder is cml's own of the same kind.
 
@@ -37,8 +38,6 @@ KINDS = {
 }
 REPORT_FILES = ("losses.png", "metrics.png", "meta_weights.png", "report.md")
 _TEMP = re.compile(r"^\..*\.(tmp|old)-")  # fsutil's temporaries, left by an interrupted write
-_DATASET_FILE = re.compile(r"^[a-z_]+\.npy$")
-_EXPORT_FILE = re.compile(r"^(users|items|meta_weights)(_.+)?(\.npy|\.parquet|\.csv)$")
 _DEMO_ENTRIES = {"UserBehavior.csv", "dataset", "run-cml", "run-mf", "run-pop", "embeddings",
                  "summary.json"}
 
@@ -99,18 +98,17 @@ def foreign_entry(path: str | os.PathLike, kind: str) -> str | None:
     """The first entry of ``path`` that a command of ``kind`` does not write there, or None."""
     d = Path(path)
     listed: set[str] = set()
-    if kind == "export":
-        manifest = _json(d / "manifest.json") or {}
-        files = manifest.get("files")
+    if kind in ("dataset", "export"):  # the files its meta.json / manifest.json lists
+        files = (_json(d / ("meta.json" if kind == "dataset" else "manifest.json")) or {}).get("files")
         listed = set(files) if isinstance(files, dict) else set()
     for p in sorted(d.iterdir()):
         name = p.name
         if name == MARK or _TEMP.match(name):
             continue
         if kind == "dataset":
-            ok = name == "meta.json" or (_DATASET_FILE.match(name) is not None and p.is_file())
+            ok = name == "meta.json" or (name in listed and p.is_file())
         elif kind == "export":
-            ok = name == "manifest.json" or name in listed or _EXPORT_FILE.match(name) is not None
+            ok = name == "manifest.json" or name in listed
         elif kind == "report":
             ok = name in REPORT_FILES
         elif kind == "demo":
@@ -234,7 +232,8 @@ def check_output(out: str | os.PathLike, kind: str, *, overwrite: bool = False,
             raise CmlError(f"{what} {p}: is a broken symbolic link, not a folder")
         raise CmlError(f"{what} {p}: is a file, not a folder; choose another output path")
     try:
-        empty = not any(os.scandir(p))
+        with os.scandir(p) as entries:
+            empty = next(entries, None) is None
     except OSError as e:
         raise CmlError(f"{what} {p}: cannot be read ({e.strerror or e})") from None
     if empty:

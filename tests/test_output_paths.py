@@ -124,9 +124,12 @@ def test_overwrite_replaces_only_cmls_own_folder_of_the_same_kind(trained, tmp_p
 def test_a_stranger_file_in_cmls_own_folder_is_not_deleted(tmp_path):
     log = write_log(tmp_path / "log.csv")
     assert preprocess(log, tmp_path / "ds").exit_code == 0
-    (tmp_path / "ds" / "my-notes.txt").write_text("keep")
-    assert_one_line_error(preprocess(log, tmp_path / "ds", "--overwrite"), "holds my-notes.txt")
-    assert (tmp_path / "ds" / "my-notes.txt").read_text() == "keep"
+    for name in ("my-notes.txt", "features.npy"):  # an .npy file too, unless meta.json lists it
+        (tmp_path / "ds" / name).write_text("keep")
+        assert_one_line_error(preprocess(log, tmp_path / "ds", "--overwrite"), f"holds {name}")
+        assert (tmp_path / "ds" / name).read_text() == "keep"
+        (tmp_path / "ds" / name).unlink()
+    assert preprocess(log, tmp_path / "ds", "--overwrite").exit_code == 0
 
 
 def test_folders_written_before_the_mark_are_recognised_by_their_structure(trained, tmp_path):
@@ -167,6 +170,10 @@ def test_train_never_writes_into_its_dataset_and_overwrites_only_runs(trained, t
     run_cli_ok("export-embeddings", trained / "run", "-o", export)
     assert json.loads((export / MARK).read_text())["kind"] == "export"
     run_cli_ok("export-embeddings", trained / "run", "-o", export, "--overwrite", "--format", "csv")
+    (export / "users_mine.csv").write_text("id,e0\n")  # looks like a table, but the manifest does not list it
+    assert_one_line_error(run_cli("export-embeddings", trained / "run", "-o", export, "--overwrite"),
+                          "holds users_mine.csv")
+    (export / "users_mine.csv").unlink()
     assert_one_line_error(run_cli("train", ds, "-o", export, "--overwrite", "--quiet"),
                           "it is an embeddings folder")
     assert (export / "users.csv").is_file()
