@@ -47,15 +47,21 @@ def demo(out, users, items, epochs, seed, overwrite):
 @threads_option
 def report(run_dir, out, checkpoint):
     """Plot losses and validation metrics per epoch and the meta weights; write report.md."""
+    from cml_dgl.errors import CmlError
     from cml_dgl.export import meta_contrastive_weights
-    from cml_dgl.report import write_report
-    from cml_dgl.runs import load_run
+    from cml_dgl.report import check_report_dir, write_report
+    from cml_dgl.runs import checkpoint_path, load_run
 
-    weights = None
-    if (run_dir / "checkpoints" / f"{checkpoint}.pt").exists() or Path(checkpoint).is_file():
-        weights = meta_contrastive_weights(load_run(run_dir, checkpoint)) or None
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    paths = write_report(run_dir, out, meta_weights=weights)
+    check_report_dir(run_dir, out)
+    weights = user_ids = None
+    try:
+        checkpoint_path(run_dir, checkpoint)
+    except CmlError:
+        if checkpoint != "best":  # a run without best.pt still gets its loss and metric figures
+            raise
+    else:
+        run = load_run(run_dir, checkpoint)
+        weights, user_ids = meta_contrastive_weights(run) or None, run.ds.user_ids
+    paths = write_report(run_dir, out, meta_weights=weights, user_ids=user_ids)
     for name, p in paths.items():
         click.echo(f"{name}: {p}")

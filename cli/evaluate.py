@@ -35,10 +35,11 @@ def _tie_rules():
 @click.option("--allow-changed-dataset", is_flag=True,
               help="Go ahead when the dataset's files changed since the run was trained.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON: one object, or a list for --protocol both.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar (full protocol) on stderr.")
 @handle_errors
 @threads_option
 def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, dataset, device,
-                 allow_changed_dataset, as_json):
+                 allow_changed_dataset, as_json, quiet):
     """Evaluate a trained run on the test (or validation) split.
 
     Also prints the users whose held-out item is among their own auxiliary training items
@@ -52,7 +53,7 @@ def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, datas
                    allow_changed_dataset=allow_changed_dataset)
     user, item = run.embeddings()
     results = evaluate(run.ds, user, item, split=split, protocol=protocol, ks=cutoffs,
-                       tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"])
+                       tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"], progress=not quiet)
     for r in results:
         r["checkpoint"] = str(run.checkpoint)
         r["model"] = run.cfg["model"]

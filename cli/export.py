@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import click
@@ -27,8 +28,11 @@ from cml_dgl.errors import CmlError
 def export_cmd(run_dir, out, fmt, per_behavior, checkpoint, dataset, overwrite, allow_changed_dataset):
     """Write user and item embeddings with their raw ids, the per-user meta weights and a manifest."""
     from cml_dgl.export import export_embeddings
+    from cml_dgl.outputs import check_output
     from cml_dgl.runs import load_run
 
+    ckpt_file = checkpoint if os.path.exists(checkpoint) else None  # best, last...: inside RUN_DIR
+    check_output(out, "export", overwrite=overwrite, inputs=[run_dir, dataset, ckpt_file])
     run = load_run(run_dir, checkpoint, dataset=dataset, allow_changed_dataset=allow_changed_dataset)
     manifest = export_embeddings(run, out, fmt=fmt, per_behavior=per_behavior, overwrite=overwrite)
     click.echo(f"wrote {', '.join(manifest['tables'])} ({manifest['n_users']} users, "

@@ -93,8 +93,13 @@ def preprocess_cmd(source: str, input: Path, outdir: Path, behaviors: list[str] 
                      block_bytes=block_bytes, held_out_auxiliary=held_out_auxiliary)
     meta = read_meta(out)
     edges = ", ".join(f"{b} {meta['train_edges'][b]:,}" for b in meta["behaviors"])
+    stats = meta.get("options", {}).get("stats", {})
+    dropped = ""
+    if "users_dropped" in stats:
+        dropped = (f"; the filters dropped {stats['users_dropped']:,} of {stats['raw_users']:,} users and "
+                   f"{stats['items_dropped']:,} of {stats['raw_items']:,} items")
     click.echo(f"wrote {out}: {meta['n_users']:,} users, {meta['n_items']:,} items; training edges "
-               f"{edges}; {meta['valid_users']:,} validation / {meta['test_users']:,} test users")
+               f"{edges}; {meta['valid_users']:,} validation / {meta['test_users']:,} test users{dropped}")
 
 
 @cli.command("info")
@@ -102,7 +107,7 @@ def preprocess_cmd(source: str, input: Path, outdir: Path, behaviors: list[str] 
 @click.option("--json", "as_json", is_flag=True, default=False, help="Print one JSON object.")
 @handle_errors
 def info_cmd(dataset: Path, as_json: bool) -> None:
-    """Summarise a dataset folder written by `cml preprocess`."""
+    """Summarise a dataset folder written by 'cml preprocess'."""
     info = load_dataset(dataset).info()
     if as_json:
         click.echo(json.dumps(info, sort_keys=True))

@@ -90,14 +90,15 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
           quiet, **shortcuts):
     """Train CML (or a baseline) on DATASET into a run directory.
 
-    One JSON line per epoch goes to RUN_DIR/metrics.jsonl (and stdout). Checkpoints `last` and
-    `best` (by the monitored metric, monitor_metric: ndcg@10 by default) go to RUN_DIR/checkpoints; summary.json holds the result.
+    One JSON line per epoch goes to RUN_DIR/metrics.jsonl (and stdout). Checkpoints last.pt and
+    best.pt (by the monitored metric, monitor_metric: ndcg@10 by default) go to RUN_DIR/checkpoints; summary.json holds the result.
 
-    Data-parallel: `torchrun --nproc_per_node N -m cml_dgl_cli train ...` (or the `cml` script) splits each
+    Data-parallel: 'torchrun --nproc_per_node N -m cml_dgl_cli train ...' (or the cml script) splits each
     batch's loss terms over N processes (Gloo on the CPU, NCCL with --device cuda, one GPU each)
     and sums their gradients; only rank 0 writes RUN_DIR and prints.
     """
     from cml_dgl.data.dataset import load_dataset
+    from cml_dgl.outputs import check_output
     from cml_dgl.train import config as config_mod
     from cml_dgl.train import distributed
     from cml_dgl.train.run_dir import RunDir
@@ -125,12 +126,16 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
                 recorded = json.loads((Path(run_dir) / "run.json").read_text()).get("dataset")
             except (OSError, ValueError, AttributeError):
                 recorded = None
-            if not recorded:
+            if not recorded or not isinstance(recorded, str):
                 raise CmlError(f"{run_dir}/run.json: missing or records no dataset; pass DATASET")
+            if not Path(recorded).exists():
+                raise CmlError(f"{run_dir}/run.json: the run's dataset {recorded} is gone (moved or "
+                               f"deleted); pass it: cml train --resume {run_dir} DATASET")
             dataset = Path(recorded)
     else:
         if dataset is None or run_dir is None:
             raise click.UsageError("DATASET and -o RUN_DIR are required (or --resume RUN_DIR)")
+        check_output(run_dir, "run", overwrite=overwrite, inputs=[dataset, config_file])
         cfg = config_mod.resolve(presets, config_file, sets)
     ds = load_dataset(dataset)
     dist = distributed.init_from_env(cfg["device"])  # torchrun: one process per rank
@@ -140,6 +145,10 @@ def train(dataset, run_dir, presets, config_file, overrides, resume_dir, overwri
             rundir.check_dataset(ds, allow_changed_dataset)
         trainer = Trainer(ds, cfg, run_dir, quiet=quiet, dist=dist)
         trainer.prepare_run_dir(overwrite=overwrite, resume=resume_dir is not None)
+        if trainer.state.epoch > cfg["epochs"]:
+            raise CmlError(f"--epochs {cfg['epochs']}: the run has already done {trainer.state.epoch} "
+                           f"epochs; a resumed run can only go on (pass --epochs {trainer.state.epoch + 1} "
+                           "or more)")
         summary = trainer.fit()
     except KeyboardInterrupt:
         if dist.is_main:

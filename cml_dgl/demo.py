@@ -11,9 +11,9 @@ from typing import Any, Callable
 from cml_dgl.data.dataset import load_dataset
 from cml_dgl.data.preprocess import preprocess
 from cml_dgl.data.synth import SynthConfig, generate_events, write_raw_log
-from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate
 from cml_dgl.fsutil import atomic_write_json
+from cml_dgl.outputs import check_output, write_mark
 from cml_dgl.export import export_embeddings, meta_contrastive_weights
 from cml_dgl.report import write_report
 from cml_dgl.runs import load_run
@@ -35,10 +35,9 @@ class DemoSize:
 def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, overwrite: bool = False,
              quiet: bool = False, log: Callable[[str], None] = print) -> dict[str, Any]:
     """Run the whole pipeline on a generated Taobao-format log; return the summary it prints."""
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise CmlError(f"{out}: exists and is not empty (pass --overwrite)")
+    out = check_output(out, "demo", overwrite=overwrite, what="--out")
     out.mkdir(parents=True, exist_ok=True)
+    write_mark(out, "demo")
     t0 = time.perf_counter()
     raw = out / "UserBehavior.csv"
     events = generate_events(SynthConfig(n_users=size.n_users, n_items=size.n_items, seed=seed))
@@ -72,7 +71,8 @@ def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, ove
     cml_run = runs["cml"]
     manifest = export_embeddings(cml_run, out / "embeddings", overwrite=True)
     log(f"[4/5] exported {', '.join(manifest['tables'])} -> {out / 'embeddings'}")
-    figures = write_report(out / "run-cml", meta_weights=meta_contrastive_weights(cml_run, seed=seed))
+    figures = write_report(out / "run-cml", meta_weights=meta_contrastive_weights(cml_run, seed=seed),
+                           user_ids=ds.user_ids)
     log(f"[5/5] report -> {figures['report']}")
     summary = {"out": str(out), "seconds": round(time.perf_counter() - t0, 1), "dataset": info,
                "test": results, "figures": {k: str(v) for k, v in figures.items()},

@@ -10,8 +10,10 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from cml_dgl.data.dataset import dropped_user_ids
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_dir, atomic_write_json, sha256_file
+from cml_dgl.outputs import check_output, write_mark
 from cml_dgl.runs import LoadedRun
 from cml_dgl.train.config import quote
 
@@ -76,6 +78,7 @@ def export_embeddings(run: LoadedRun, out: str | Path, fmt: str = "npy", per_beh
     """Write user/item embeddings (float32, raw ids row-aligned), meta weights and a manifest."""
     if fmt not in FORMATS:
         raise CmlError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_output(out, "export", overwrite=overwrite, inputs=[run.run_dir, run.checkpoint, run.ds.path])
     ds = run.ds
     with torch.no_grad():
         run.model.eval()
@@ -93,6 +96,7 @@ def export_embeddings(run: LoadedRun, out: str | Path, fmt: str = "npy", per_beh
                 tables[f"items_{b}"] = (ds.item_ids, o.item_beh[k].float().cpu().numpy())
     weights = meta_contrastive_weights(run)
     with atomic_dir(out, overwrite=overwrite) as tmp:
+        write_mark(tmp, "export")
         files: list[Path] = []
         for name, (ids, emb) in tables.items():
             files += _write_table(tmp, name, ids, emb, fmt)
@@ -148,6 +152,13 @@ def user_indices(run: LoadedRun, raw: Sequence[str], where: Sequence[str] | None
         origin = f"{where[j]}: " if where is not None else ""
         more = f" ({len(bad):,} unknown users in all)" if len(bad) > 1 else ""
         kind = "; this dataset's user ids are integers" if ids.dtype.kind in "iu" else ""
+        dropped = dropped_user_ids(run.ds)
+        if dropped is not None and np.any(dropped.astype(str) == str(raw[j])):
+            opts = run.ds.options
+            rules = ", ".join(f"{k}={opts[k]}" for k in ("min_purchases", "min_user_interactions",
+                                                          "min_item_interactions") if k in opts)
+            raise CmlError(f"{origin}user {quote(repr(str(raw[j])), 80)}: in the input log, but the "
+                           f"preprocessing filters dropped it ({rules}); the model has no embedding for it")
         raise CmlError(f"{origin}unknown user {quote(repr(str(raw[j])), 80)}: not in the dataset's user id "
                        f"map ({len(ids):,} users{kind}){more}")
     return found.astype(np.int64)

@@ -25,6 +25,7 @@ import numpy as np
 
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_write_bytes
+from cml_dgl.outputs import check_output, write_mark
 
 SELECT_METRIC = "ndcg@10"
 _MAX_CASE_USERS = 8
@@ -185,7 +186,18 @@ def _check_weights(meta_weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]
     return out
 
 
-def _plot_meta_weights(weights: dict[str, np.ndarray], path: Path) -> Path:
+def _case_users(weights: dict[str, np.ndarray], user_ids: np.ndarray | None
+                ) -> tuple[np.ndarray, list[str]]:
+    """A few users spread over the internal ids, and their labels: the raw id where known."""
+    n_users = len(next(iter(weights.values())))
+    users = np.unique(np.linspace(0, n_users - 1, min(_MAX_CASE_USERS, n_users)).astype(int))
+    if user_ids is not None and len(user_ids) == n_users:
+        return users, [f"user {user_ids[u]}" for u in users]
+    return users, [f"user #{u} (internal)" for u in users]
+
+
+def _plot_meta_weights(weights: dict[str, np.ndarray], path: Path,
+                       user_ids: np.ndarray | None = None) -> Path:
     """Paper Fig. 4a: per-behavior distribution (violin + box) and a few users' weights."""
     names = list(weights)
     n_users = len(next(iter(weights.values())))
@@ -200,13 +212,13 @@ def _plot_meta_weights(weights: dict[str, np.ndarray], path: Path) -> Path:
     ax_d.set_title(f"Distribution over {n_users} users")
     ax_d.grid(alpha=0.3, axis="y")
 
-    users = np.unique(np.linspace(0, n_users - 1, min(_MAX_CASE_USERS, n_users)).astype(int))
+    users, labels = _case_users(weights, user_ids)
     grid = np.stack([weights[k][users] for k in names], axis=1)
     im = ax_c.imshow(grid, aspect="auto", cmap="viridis")
     for (r, c), v in np.ndenumerate(grid):
         ax_c.text(c, r, f"{v:.3f}", ha="center", va="center", color="white", fontsize="small")
     ax_c.set_xticks(np.arange(len(names)), names)
-    ax_c.set_yticks(np.arange(len(users)), [f"user {u}" for u in users])
+    ax_c.set_yticks(np.arange(len(users)), labels)
     ax_c.set_title("Sampled users")
     fig.colorbar(im, ax=ax_c)
     fig.suptitle("Learned meta contrastive weights per auxiliary behavior")
@@ -238,8 +250,18 @@ def _run_selection(run_dir: Path, records: list[EpochRecord]) -> tuple[EpochReco
         best.test if best is not None else None
 
 
+def _weights_table(weights: dict[str, np.ndarray], user_ids: np.ndarray | None) -> list[str]:
+    users, labels = _case_users(weights, user_ids)
+    names = list(weights)
+    rows = ["| user | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+    rows += [f"| {label.removeprefix('user ')} | " + " | ".join(f"{weights[k][u]:.4f}" for k in names) + " |"
+             for u, label in zip(users, labels)]
+    return rows
+
+
 def _markdown(run_dir: Path, records: list[EpochRecord], best: EpochRecord | None,
-              figures: dict[str, Path], how: str = "", test: dict | None = None) -> str:
+              figures: dict[str, Path], how: str = "", test: dict | None = None,
+              weights: dict[str, np.ndarray] | None = None, user_ids: np.ndarray | None = None) -> str:
     total = sum(r.seconds for r in records)
     lines = [f"# Run report: `{run_dir.name}`", "",
              f"- epochs: {len(records)} (epoch {records[0].epoch} to {records[-1].epoch})",
@@ -259,34 +281,60 @@ def _markdown(run_dir: Path, records: list[EpochRecord], best: EpochRecord | Non
               "meta_weights": "Meta contrastive weights (paper Fig. 4a)"}
     for key, p in figures.items():
         lines += [f"### {titles[key]}", "", f"![{titles[key]}]({p.name})", ""]
+        if key == "meta_weights" and weights is not None:
+            lines += ["Sampled users (raw ids, as in the input log):", "",
+                      *_weights_table(weights, user_ids), ""]
     return "\n".join(lines)
 
 
+def check_report_dir(run_dir: Path, out_dir: Path | None) -> Path:
+    """The folder a report goes to: ``run_dir`` itself, or ``out_dir``, which must be new, empty,
+    a report folder or a run directory (its other files are never touched)."""
+    run_dir = Path(run_dir)
+    if out_dir is None:
+        return run_dir
+    out = Path(out_dir)
+    try:
+        same = out.resolve() == run_dir.resolve()
+    except (OSError, RuntimeError):
+        same = False
+    if same:
+        return out
+    return check_output(out, "report", inputs=[run_dir], what="--out", also=("report", "run"))
+
+
 def write_report(run_dir: Path, out_dir: Path | None = None,
-                 meta_weights: dict[str, np.ndarray] | None = None) -> dict[str, Path]:
+                 meta_weights: dict[str, np.ndarray] | None = None,
+                 user_ids: np.ndarray | None = None) -> dict[str, Path]:
     """Write ``losses.png``, ``metrics.png``, optionally ``meta_weights.png``, and ``report.md``.
 
-    ``meta_weights`` maps each auxiliary behavior to its per-user weight vector. Returns the written
+    ``meta_weights`` maps each auxiliary behavior to its per-user weight vector, ``user_ids`` the
+    internal user ids to the raw ones that label the sampled users. A new ``out_dir`` is marked as
+    a report folder (:func:`check_report_dir` says where a report may go). Returns the written
     paths under the keys ``losses``, ``metrics``, ``meta_weights`` (if drawn) and ``report``.
     """
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir
+    out = check_report_dir(run_dir, out_dir)
     records = read_metrics(run_dir / "metrics.jsonl")
     weights = _check_weights(meta_weights) if meta_weights is not None else None
     try:
         import matplotlib  # noqa: F401
     except ImportError:
         raise CmlError("reports need matplotlib: pip install 'cml-dgl[report]'") from None
+    new = not out.exists() or not any(out.iterdir())
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise CmlError(f"{out}: cannot create the report directory ({e.strerror})") from None
+    if new:
+        write_mark(out, "report")
     best, how, test = _run_selection(run_dir, records)
     paths = {"losses": _plot_losses(records, out / "losses.png"),
              "metrics": _plot_metrics(records, best, out / "metrics.png")}
     if weights is not None:
-        paths["meta_weights"] = _plot_meta_weights(weights, out / "meta_weights.png")
+        paths["meta_weights"] = _plot_meta_weights(weights, out / "meta_weights.png", user_ids)
     report = out / "report.md"
-    atomic_write_bytes(report, _markdown(run_dir, records, best, paths, how, test).encode())
+    atomic_write_bytes(report, _markdown(run_dir, records, best, paths, how, test, weights,
+                                         user_ids).encode())
     paths["report"] = report
     return paths

@@ -35,6 +35,9 @@ class LoadedRun:
         return self.model.embeddings()
 
 
+NAMED_CHECKPOINTS = ("best", "last", "prev")
+
+
 def _loading_backend(trained_with: str, device: str) -> str:
     """The backend that scores a run exactly as trained: its own on the CPU (DGL only where it
     imports, else torch, the same sums in another order), torch on any other device."""
@@ -48,9 +51,29 @@ def _loading_backend(trained_with: str, device: str) -> str:
 
 
 def checkpoint_path(run_dir: Path, checkpoint: str) -> Path:
-    if checkpoint in ("best", "last"):
-        return run_dir / "checkpoints" / f"{checkpoint}.pt"
-    return Path(checkpoint)
+    """The file ``--checkpoint`` names: ``best``, ``last`` or ``prev`` (``RUN_DIR/checkpoints/<name>.pt``),
+    a checkpoint file, or another file of ``RUN_DIR/checkpoints`` by its name with or without ``.pt``."""
+    ckpt_dir = Path(run_dir) / "checkpoints"
+    if checkpoint in NAMED_CHECKPOINTS:
+        path = ckpt_dir / f"{checkpoint}.pt"
+        if not path.is_file():
+            raise CmlError(f"{path}: checkpoint not found (the run has no {checkpoint!r} checkpoint yet)")
+        return path
+    candidates = [Path(checkpoint)]
+    if checkpoint and "/" not in checkpoint and checkpoint not in (".", ".."):
+        candidates += [ckpt_dir / checkpoint, ckpt_dir / f"{checkpoint}.pt"]
+    for path in candidates:
+        try:
+            if path.is_file():
+                return path
+        except (OSError, ValueError):
+            continue
+    try:
+        have = sorted(p.stem for p in ckpt_dir.glob("*.pt"))
+    except OSError:
+        have = []
+    raise CmlError(f"--checkpoint {checkpoint}: checkpoint not found, neither a file nor one of the run's "
+                   f"checkpoints ({', '.join(have) or 'none yet'} in {ckpt_dir})")
 
 
 # keys a checkpoint may hold other values of than config.yaml: a resume may change the first three,
@@ -84,6 +107,11 @@ def load_run(run_dir: str | Path, checkpoint: str = "best", dataset: str | Path 
     ds_path = dataset or recorded
     if not ds_path:
         raise CmlError(f"{rd}/run.json records no dataset; pass --dataset")
+    if dataset is None and not isinstance(recorded, str):
+        raise CmlError(f"{rd}/run.json: field 'dataset' must be a path, got {recorded!r:.80}; pass --dataset")
+    if dataset is None and not Path(recorded).exists():
+        raise CmlError(f"{rd}/run.json: the run's dataset {recorded} is gone (moved or deleted); pass "
+                       "--dataset PATH, a dataset folder with the same id maps")
     ds = ds_path if isinstance(ds_path, Dataset) else load_dataset(ds_path)
     state, info = load_checkpoint(ckpt)
     if info.get("id_map_checksum") != ds.id_map_checksum():

@@ -35,7 +35,7 @@ def test_evaluate_json_protocols(run_dir):
     assert one["protocol"] == "sampled" and one["split"] == "test" and one["tie_rule"] == "expected"
     assert {"hr@10", "ndcg@10", "recall@10", "mrr", "hr@40"} <= set(one["metrics"])
     assert one["checkpoint"].endswith("best.pt") and one["n_users"] == 30
-    both = json.loads(invoke("evaluate", run_dir, "--protocol", "both", "-k", "5,10", "--json",
+    both = json.loads(invoke("evaluate", run_dir, "--protocol", "both", "-k", "5,10", "--json", "-q",
                              "--checkpoint", "last", "--split", "valid").output)
     assert [r["protocol"] for r in both] == ["sampled", "full"]
     assert set(both[1]["metrics"]) == {"hr@5", "ndcg@5", "recall@5", "hr@10", "ndcg@10", "recall@10", "mrr"}

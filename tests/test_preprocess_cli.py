@@ -243,8 +243,13 @@ def test_existing_outdir_refused_unless_overwrite(tmp_path):
     res = run("preprocess", "taobao", src, "-o", out, "-q")
     assert res.exit_code == 2 and "--overwrite" in res.stderr
     assert (out / "keep.txt").read_text() == "mine"
-    ok("preprocess", "taobao", src, "-o", out, "-q", "--overwrite")
-    assert not (out / "keep.txt").exists() and (out / "meta.json").is_file()
+    res = run("preprocess", "taobao", src, "-o", out, "-q", "--overwrite")
+    assert res.exit_code == 2 and "cml did not write it" in res.stderr, res.stderr
+    assert (out / "keep.txt").read_text() == "mine" and sorted(p.name for p in out.iterdir()) == ["keep.txt"]
+    (out / "keep.txt").unlink()
+    ok("preprocess", "taobao", src, "-o", out, "-q")  # an empty folder holds nothing to lose
+    ok("preprocess", "taobao", src, "-o", out, "-q", "--overwrite")  # cml's own dataset: replaced
+    assert (out / "meta.json").is_file()
 
 
 def test_progress_bar_on_stderr_unless_quiet(tmp_path):

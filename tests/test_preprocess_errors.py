@@ -50,7 +50,7 @@ def taobao_with(tmp_path, line_no: int, bad: str) -> Path:
     ("1,10.5,5,pv,1511544070", "line 3: expected an integer item_id, got '10.5'"),
     ("1,10,5,pv", "line 3: expected 5 comma-separated fields"),
     ("1,10,5,pv,1511544070,7", "line 3: expected 5 comma-separated fields"),
-    ("1,10,5,pv,99999999999999999999999", "line 3: expected an integer timestamp"),
+    ("1,10,5,pv,99999999999999999999999", "line 3: timestamp '99999999999999999999999' is an integer too large for int64"),
     ("1,,5,pv,1511544070", "line 3: expected an integer item_id, got ''"),
 ])
 def test_bad_taobao_rows_name_file_and_line(tmp_path, bad, expected):

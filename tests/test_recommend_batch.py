@@ -164,7 +164,7 @@ def test_bad_user_lists_and_outputs_are_refused_before_writing(run_dir, tmp_path
 def test_usage_errors(run_dir, tmp_path, monkeypatch, args):
     monkeypatch.chdir(tmp_path)
     res = run_cli("recommend", run_dir, *args)
-    assert res.exit_code == 2 and "Usage:" in res.stderr and "Traceback" not in res.stderr
+    assert res.exit_code == 2 and res.stderr.startswith("error: ") and len(res.stderr.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 

@@ -62,7 +62,7 @@ def test_single_user_log_preprocesses_trains_and_evaluates(tmp_path):
         assert all(np.isfinite(v) for r in rows for v in r["losses"].values())
         res = invoke("evaluate", run, "--protocol", "both", "--json")
         assert res.exit_code == 0, res.stderr
-        results = json.loads(res.output)
+        results = json.loads(res.stdout)  # the full protocol's progress bar is on stderr
         assert [r["n_users"] for r in results] == [1, 1]
         hr = [r["metrics"]["hr@40"] for r in results]
         assert hr == [1.0, 1.0], "one positive among 3 negatives (or 10 items) is always in the top 40"

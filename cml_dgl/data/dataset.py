@@ -15,6 +15,8 @@ file                        dtype, shape    content
 ``user_ids.npy``            int64 or str    raw id of internal user u at row u
 ``item_ids.npy``            int64 or str    raw id of internal item i at row i
 ``meta_users.npy``          int32 (m,)      optional: the users that meta batches are drawn from
+``dropped_user_ids.npy``    int64 or str    optional: raw ids of the users the preprocessing
+                                            filters dropped (read on demand, for messages)
 ``meta.json``               JSON            version, source, behaviors, counts, options, seed,
                                             and the sha256 of every file above
 ==========================  ==============  =====================================================
@@ -36,6 +38,7 @@ import numpy as np
 
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_dir, atomic_write_json, sha256_file
+from cml_dgl.outputs import check_output, write_mark
 
 FORMAT_VERSION = 1
 N_NEGATIVES = 99
@@ -77,6 +80,7 @@ class Dataset:
     options: dict[str, Any] = field(default_factory=dict)
     seed: int | None = None
     path: Path | None = None
+    dropped_user_ids: np.ndarray | None = None
     checksums: dict[str, str] | None = None  # sha256 of each file, as meta.json lists them (loaded datasets)
 
     @property
@@ -227,7 +231,9 @@ def _id_array(ids: np.ndarray) -> np.ndarray:
 
 
 def write_dataset(ds: Dataset, outdir: str | os.PathLike, overwrite: bool = False) -> Path:
-    """Write ``ds`` to ``outdir`` atomically (a temporary sibling renamed into place)."""
+    """Write ``ds`` to ``outdir`` atomically (a temporary sibling renamed into place), marked as
+    a dataset folder; an existing one is replaced only with ``overwrite`` (see :mod:`cml_dgl.outputs`)."""
+    check_output(outdir, "dataset", overwrite=overwrite)
     ds.validate()
     order = np.lexsort((ds.train_item, ds.train_user, ds.train_behavior))
     arrays: dict[str, np.ndarray] = {
@@ -244,7 +250,10 @@ def write_dataset(ds: Dataset, outdir: str | os.PathLike, overwrite: bool = Fals
     }
     if ds.meta_users is not None:
         arrays["meta_users"] = ds.meta_users.astype(np.int32)
+    if ds.dropped_user_ids is not None:
+        arrays["dropped_user_ids"] = _id_array(ds.dropped_user_ids)
     with atomic_dir(outdir, overwrite=overwrite) as tmp:
+        write_mark(tmp, "dataset")
         files = {f"{name}.npy": _save_array(tmp, name, arr) for name, arr in arrays.items()}
         meta = {
             "format": "cml-dgl-dataset",
@@ -296,6 +305,24 @@ def read_meta(path: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(files, dict) or not all(isinstance(v, dict) for v in files.values()):
         raise CmlError(f"{mpath}: field 'files' must map file names to {{sha256, shape, dtype}}")
     return meta
+
+
+def dropped_user_ids(ds: Dataset) -> np.ndarray | None:
+    """The raw ids of the users the preprocessing filters dropped, read from the dataset folder
+    (checksum verified) where it lists them; None where it does not (older or published datasets)."""
+    if ds.dropped_user_ids is not None or ds.path is None:
+        return ds.dropped_user_ids
+    try:
+        entry = read_meta(ds.path)["files"].get("dropped_user_ids.npy")
+    except CmlError:
+        return None
+    fpath = Path(ds.path) / "dropped_user_ids.npy"
+    if entry is None or not fpath.is_file() or sha256_file(fpath) != entry.get("sha256"):
+        return None
+    try:
+        return np.load(fpath, allow_pickle=False)
+    except (ValueError, OSError, EOFError):
+        return None
 
 
 def load_dataset(path: str | os.PathLike, verify: bool = True) -> Dataset:

@@ -64,6 +64,7 @@ class Interactions:
     item_ids: np.ndarray
     behaviors: list[str]
     stats: dict[str, Any] = field(default_factory=dict)
+    dropped_user_ids: np.ndarray | None = None  # raw ids of the users the filters dropped
 
     @property
     def n_users(self) -> int:
@@ -204,6 +205,9 @@ def build_interactions(events: Events, *, min_purchases: int = 1, min_user_inter
     stats.update(users=int(len(kept_u)), items=int(len(kept_i)), edges=int(len(u)),
                  users_dropped=int(len(user_raw) - len(kept_u)),
                  items_dropped=int(len(item_raw) - len(kept_i)))
+    dropped = np.ones(len(user_raw), dtype=bool)
+    dropped[kept_u] = False
     return Interactions(user=u, item=i, behavior=b, time=t.astype(np.int64, copy=False),
                         user_ids=user_raw[kept_u], item_ids=item_raw[kept_i],
-                        behaviors=list(events.behaviors), stats=stats)
+                        behaviors=list(events.behaviors), stats=stats,
+                        dropped_user_ids=user_raw[dropped])

@@ -15,10 +15,12 @@ published split, to what its test split did: measured on the test pairs (:func:`
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from tqdm import tqdm
 
 from cml_dgl.data import sources
 from cml_dgl.data.dataset import N_NEGATIVES, Dataset, write_dataset
@@ -29,6 +31,7 @@ from cml_dgl.data.sources.tabular import DEFAULT_BLOCK_BYTES
 from cml_dgl.data.split import (HELD_OUT_AUXILIARY, draw_negatives, hold_out_latest, hold_out_random,
                                 leave_one_out, pairs, pairs_in_behaviors)
 from cml_dgl.errors import CmlError
+from cml_dgl.outputs import check_output
 
 DEFAULT_SEED = 2023
 AUXILIARY_CHOICES = ("auto",) + HELD_OUT_AUXILIARY
@@ -65,6 +68,16 @@ def _size(path: Path) -> int | None:
         return None
 
 
+def _input_name(path: Path) -> str:
+    """The input as recorded in the dataset: an absolute path, or ``-`` for standard input."""
+    if str(path) == "-":
+        return "-"
+    try:
+        return str(path.resolve())
+    except (OSError, RuntimeError):  # a symlink loop: reading it fails with its own message
+        return os.path.abspath(path)
+
+
 def _check_options(negatives: int, min_purchases: int | None, min_user_interactions: int,
                    min_item_interactions: int, block_bytes: int, held_out_auxiliary: str) -> None:
     if held_out_auxiliary not in AUXILIARY_CHOICES:
@@ -80,12 +93,41 @@ def _check_options(negatives: int, min_purchases: int | None, min_user_interacti
         raise CmlError(f"--block-bytes: expected at least 1024, got {block_bytes}")
 
 
+STEPS = ("dedupe and filter", "hold out test/validation", "draw negatives", "write dataset")
+
+
+class _Steps:
+    """The steps after the input is read (which has its own bar), on one progress line on stderr:
+    ``[k/n] step (elapsed)``. The line appears with the first step, so an unreadable input
+    leaves only its error line."""
+
+    def __init__(self, quiet: bool) -> None:
+        self.quiet, self.bar = quiet, None
+
+    def __call__(self, name: str) -> None:
+        k = STEPS.index(name)
+        if self.bar is None:
+            self.bar = tqdm(total=len(STEPS), initial=k, file=sys.stderr, disable=self.quiet,
+                            leave=False, bar_format="{desc} ({elapsed})")
+        else:
+            self.bar.update(1)
+        self.bar.set_description_str(f"[{k + 1}/{len(STEPS)}] {name}", refresh=True)
+
+    def __enter__(self) -> "_Steps":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
 def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | None, min_purchases: int,
               min_user_interactions: int, min_item_interactions: int, valid: bool, negatives: int,
               seed: int, block_bytes: int, quiet: bool, held_out_auxiliary: str,
-              options: dict[str, Any]) -> Dataset:
+              options: dict[str, Any], step: _Steps) -> Dataset:
     events = sources.read_raw(source, path, behaviors, block_bytes=block_bytes, quiet=quiet)
     options["time_unit"] = events.time_unit
+    step(STEPS[0])
     inter = build_interactions(events, min_purchases=min_purchases,
                                min_user_interactions=min_user_interactions,
                                min_item_interactions=min_item_interactions, what=str(path))
@@ -94,12 +136,14 @@ def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | Non
     exclude = _purchase_keys(inter.user[buy], inter.item[buy], inter.n_items)
     del buy
     auxiliary = "drop" if held_out_auxiliary == "auto" else held_out_auxiliary
+    step(STEPS[1])
     keep, valid_pairs, test_pairs = leave_one_out(inter.user, inter.item, inter.behavior, inter.time,
                                                   inter.n_users, target, valid, auxiliary)
     if len(test_pairs) == 0:
         raise CmlError(f"{path}: no {inter.behaviors[target]!r} (target) interaction is left after the "
                        f"filters, so there is nothing to hold out for testing (min_purchases="
                        f"{min_purchases}); the log needs purchases")
+    step(STEPS[2])
     valid_neg, test_neg = _negatives(valid_pairs, test_pairs, exclude, inter.n_items, negatives, seed,
                                      inter.user_ids, str(path))
     stats = dict(inter.stats, held_out_edges=int(len(keep) - np.count_nonzero(keep)),
@@ -110,7 +154,7 @@ def _from_raw(source: sources.Source, path: Path, behaviors: Sequence[str] | Non
         train_user=inter.user[keep], train_item=inter.item[keep], train_behavior=inter.behavior[keep],
         train_time=inter.time[keep], valid=valid_pairs, test=test_pairs, valid_negatives=valid_neg,
         test_negatives=test_neg, user_ids=inter.user_ids, item_ids=inter.item_ids, meta_users=None,
-        source=source.name, options=options, seed=seed,
+        source=source.name, options=options, seed=seed, dropped_user_ids=inter.dropped_user_ids,
     )
 
 
@@ -142,8 +186,9 @@ def _carve_rng(seed: int) -> np.random.Generator:
 
 def _from_published(source: sources.Source, path: Path, behaviors: Sequence[str] | None, valid: bool,
                     negatives: int, seed: int, held_out_auxiliary: str,
-                    options: dict[str, Any]) -> Dataset:
+                    options: dict[str, Any], step: _Steps) -> Dataset:
     split = (adjacency_lists.read if source.name == "lists" else cml_pickle.read)(path, behaviors)
+    step(STEPS[1])
     options["behaviors"] = list(split.behaviors)
     if not split.timed:
         options["time_unit"] = "none"
@@ -177,6 +222,7 @@ def _from_published(source: sources.Source, path: Path, behaviors: Sequence[str]
                                          has_test[split.user], _carve_rng(seed), auxiliary)
         valid_pairs = pairs(held)
     ids = np.arange(split.n_users, dtype=np.int64)
+    step(STEPS[2])
     valid_neg, test_neg = _negatives(valid_pairs, test, exclude, split.n_items, negatives, seed, ids,
                                      str(path))
     options["stats"] = {"published_train_edges": int(len(split.user)),
@@ -211,26 +257,30 @@ def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike,
     then leaves no ``outdir`` behind.
     """
     src = sources.resolve(source)
-    out = Path(outdir)
-    if out.exists() and not overwrite:
-        raise CmlError(f"{out}: output directory exists (pass --overwrite to replace it)")
     _check_options(negatives, min_purchases, min_user_interactions, min_item_interactions, block_bytes,
                    held_out_auxiliary)
+    out = check_output(outdir, "dataset", overwrite=overwrite, inputs=[input])
     path = Path(input)
+    if src.min_purchases is None and str(input) == "-":
+        raise CmlError(f"{src.name} reads a published split folder; '-' (standard input) cannot be one")
     options: dict[str, Any] = {
-        "source": src.name, "input": str(path.resolve()), "input_bytes": _size(path),
+        "source": src.name, "input": _input_name(path), "input_bytes": _size(path),
         "behaviors": list(behaviors or src.behaviors or ()), "valid": bool(valid),
         "negatives": int(negatives), "seed": int(seed), "held_out_auxiliary": held_out_auxiliary,
     }
-    if src.min_purchases is None:
-        if min_purchases is not None or min_user_interactions != 1 or min_item_interactions != 1:
-            raise CmlError(f"{src.name} keeps a published split as it is: --min-purchases, "
-                           "--min-user-interactions and --min-item-interactions do not apply")
-        ds = _from_published(src, path, behaviors, valid, negatives, seed, held_out_auxiliary, options)
-    else:
-        mp = src.min_purchases if min_purchases is None else int(min_purchases)
-        options.update(min_purchases=mp, min_user_interactions=int(min_user_interactions),
-                       min_item_interactions=int(min_item_interactions), block_bytes=int(block_bytes))
-        ds = _from_raw(src, path, behaviors, mp, min_user_interactions, min_item_interactions, valid,
-                       negatives, seed, block_bytes, quiet, held_out_auxiliary, options)
-    return write_dataset(ds, out, overwrite=overwrite)
+    if src.min_purchases is None and (min_purchases is not None or min_user_interactions != 1
+                                      or min_item_interactions != 1):
+        raise CmlError(f"{src.name} keeps a published split as it is: --min-purchases, "
+                       "--min-user-interactions and --min-item-interactions do not apply")
+    with _Steps(quiet) as step:
+        if src.min_purchases is None:
+            ds = _from_published(src, path, behaviors, valid, negatives, seed, held_out_auxiliary, options,
+                                 step)
+        else:
+            mp = src.min_purchases if min_purchases is None else int(min_purchases)
+            options.update(min_purchases=mp, min_user_interactions=int(min_user_interactions),
+                           min_item_interactions=int(min_item_interactions), block_bytes=int(block_bytes))
+            ds = _from_raw(src, path, behaviors, mp, min_user_interactions, min_item_interactions, valid,
+                           negatives, seed, block_bytes, quiet, held_out_auxiliary, options, step)
+        step(STEPS[3])
+        return write_dataset(ds, out, overwrite=overwrite)

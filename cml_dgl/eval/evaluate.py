@@ -17,10 +17,12 @@ the same per-user values as the whole.
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
@@ -120,12 +122,14 @@ def _canonical_mask(mask_csr: Any, n_users: int, n_items: int) -> sp.csr_matrix:
 
 
 def full_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | None, *,
-                     max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> tuple[np.ndarray, np.ndarray]:
+                     max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS, progress: bool = False
+                     ) -> tuple[np.ndarray, np.ndarray]:
     """``(n_greater, n_tied)`` of each positive among all items, less the user's masked items.
 
     ``mask_csr``: users x items, its stored entries are the items excluded for that user (the
     positive itself is never excluded); ``None`` masks nothing. Users are processed in chunks of
-    ``max(1, max_chunk_elems // n_items)`` rows, so no users x items matrix is ever allocated:
+    ``max(1, max_chunk_elems // n_items)`` rows, so no users x items matrix is ever allocated
+    (``progress``: a bar of the users ranked on stderr):
 
         g_u = #{i : s(u,i) > s(u,p)} - #{i ∈ M_u \\ {p} : s(u,i) > s(u,p)}
         t_u = #{i : s(u,i) = s(u,p)} - 1 - #{i ∈ M_u \\ {p} : s(u,i) = s(u,p)}
@@ -141,7 +145,8 @@ def full_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | N
     t = np.empty(len(pairs), dtype=np.int64)
     device = u_emb.device
     item_t = i_emb.t()
-    with torch.no_grad():
+    with torch.no_grad(), tqdm(total=len(pairs), unit="user", desc="full ranking", file=sys.stderr,
+                               disable=not progress, leave=False, mininterval=0.5) as bar:
         for lo in range(0, len(pairs), step):
             hi = min(lo + step, len(pairs))
             c = hi - lo
@@ -164,6 +169,7 @@ def full_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | N
                     tied -= torch.bincount(r[ms == pos[r, 0]], minlength=c)
             g[lo:hi] = greater.cpu().numpy()
             t[lo:hi] = tied.cpu().numpy()
+            bar.update(c)
     return g, t
 
 
@@ -179,11 +185,12 @@ def evaluate_sampled(user_emb: Any, item_emb: Any, pairs: Any, negatives: Any, k
 
 def evaluate_full(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | None, ks: Sequence[int],
                   tie_rule: str = "expected", seed: int = 0, *,
-                  max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> dict[str, float]:
+                  max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS, progress: bool = False) -> dict[str, float]:
     """Metrics of each positive ranked among all items, the user's ``mask_csr`` items excluded."""
     ks = check_ks(ks)
     check_tie_rule(tie_rule)
-    g, t = full_rank_bounds(user_emb, item_emb, pairs, mask_csr, max_chunk_elems=max_chunk_elems)
+    g, t = full_rank_bounds(user_emb, item_emb, pairs, mask_csr, max_chunk_elems=max_chunk_elems,
+                            progress=progress)
     return metrics_from_bounds(g, t, ks, tie_rule, np.random.default_rng(seed))
 
 
@@ -240,8 +247,10 @@ def grouped_metrics(n_greater: np.ndarray, n_tied: np.ndarray, seen: np.ndarray,
 
 def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", protocol: str = "sampled",
              ks: Sequence[int] = (10, 20, 40), tie_rule: str = "expected", mask: str = "target",
-             seed: int = 0, max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> list[dict[str, Any]]:
-    """Evaluate embeddings on one split of ``ds``; one result dict per protocol.
+             seed: int = 0, max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS,
+             progress: bool = False) -> list[dict[str, Any]]:
+    """Evaluate embeddings on one split of ``ds``; one result dict per protocol (``progress``: the
+    full protocol shows a progress bar on stderr).
 
     ``protocol``: ``sampled`` (positive vs ``<split>_negatives``), ``full`` (positive vs every item
     but the user's training items chosen by ``mask``) or ``both``. Each result is
@@ -274,7 +283,7 @@ def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", 
             extra_fields: dict[str, Any] = {"n_negatives": int(getattr(ds, f"{split}_negatives").shape[1])}
         else:
             g, t = full_rank_bounds(user_emb, item_emb, pairs, training_mask(ds, mask, split),
-                                    max_chunk_elems=max_chunk_elems)
+                                    max_chunk_elems=max_chunk_elems, progress=progress)
             extra_fields = {"mask": mask}
         metrics, groups = grouped_metrics(g, t, seen, ks, tie_rule, seed)
         results.append({"protocol": proto, "split": split, "tie_rule": tie_rule,

@@ -127,20 +127,22 @@ def refit(run_dir: str | os.PathLike, out: str | os.PathLike, *, dataset: str | 
           device: str | None = None, overwrite: bool = False, quiet: bool = False) -> dict[str, Any]:
     """Refit the honest run ``run_dir`` into the new run directory ``out`` (module docstring) and
     return its summary. ``out/dataset`` holds the refit dataset, which ``out/run.json`` records."""
+    from cml_dgl.outputs import check_output, write_mark
     from cml_dgl.train import config as config_mod
     from cml_dgl.train.trainer import Trainer
 
+    out = check_output(out, "run", overwrite=overwrite,
+                       inputs=[run_dir, None if isinstance(dataset, Dataset) else dataset])
     cfg_saved, info, summary = source_run(run_dir)
     if dataset is None and not info.get("dataset"):
         raise CmlError(f"{Path(run_dir) / 'run.json'}: records no dataset; pass the dataset")
     ds_src = dataset if isinstance(dataset, Dataset) else load_dataset(dataset or info["dataset"])
     if info.get("id_map_checksum") not in (None, ds_src.id_map_checksum()):
         raise CmlError(f"{ds_src.path}: not the dataset of {run_dir} (id-map checksum differs from its run.json)")
-    out = Path(out)
-    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
-        raise CmlError(f"{out}: exists and is not empty (pass --overwrite to replace it)")
     sets = [f"epochs={summary['best_epoch']}", "monitor=none"] + ([f"device={device}"] if device else [])
     cfg = config_mod.resolve(base=cfg_saved, overrides=sets)
+    out.mkdir(parents=True, exist_ok=True)
+    write_mark(out, "run")  # a run directory from the start: it holds its dataset, then the run
     write_dataset(refit_dataset(ds_src, run_dir), out / REFIT_DATASET, overwrite=True)
     ds = load_dataset(out / REFIT_DATASET)
     trainer = Trainer(ds, cfg, out, quiet=quiet)

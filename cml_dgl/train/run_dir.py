@@ -17,6 +17,7 @@ from cml_dgl.data.dataset import Dataset, fingerprint_changes
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json, remove_stale_temporaries
 from cml_dgl.interrupts import deferred_sigint
+from cml_dgl.outputs import check_output, write_mark
 from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
 
 
@@ -39,10 +40,10 @@ class RunDir:
     # ------------------------------------------------------------------ a new run
     def create(self, config_text: str, run_info: dict[str, Any], overwrite: bool) -> None:
         """Make the directory (empty, or emptied of a former run's outputs with ``overwrite``) and
-        write ``config.yaml`` and ``run.json``."""
+        write ``config.yaml`` and ``run.json``. Only a run directory is overwritten, and only its
+        own files are deleted (see :mod:`cml_dgl.outputs`)."""
         rd = self.path
-        if rd.exists() and any(rd.iterdir()) and not overwrite:
-            raise CmlError(f"{rd}: run directory exists and is not empty (pass --overwrite or --resume)")
+        check_output(rd, "run", overwrite=overwrite)
         if rd.exists() and overwrite:
             for sub in ("metrics.jsonl", "summary.json"):
                 (rd / sub).unlink(missing_ok=True)
@@ -51,6 +52,7 @@ class RunDir:
             for d in (rd, self.ckpt_dir):
                 remove_stale_temporaries(d)
         rd.mkdir(parents=True, exist_ok=True)
+        write_mark(rd, "run")
         atomic_write_bytes(rd / "config.yaml", config_text.encode())
         atomic_write_json(rd / "run.json", run_info)
 

@@ -22,6 +22,7 @@ import io
 import lzma
 import math
 import os
+import stat
 import sys
 import warnings
 import zipfile
@@ -39,6 +40,9 @@ from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import open_binary
 
 DEFAULT_BLOCK_BYTES = 64 << 20
+MAX_LINE_BYTES = 1 << 20
+"""A longer line is refused: an event is a few dozen bytes, and one huge line would be parsed in
+one piece (a file with old Mac line ends, a binary file, a JSON dump)."""
 _CANONICAL_INT = r"-?(?:0|[1-9][0-9]{0,17})"
 _READ_ERRORS = (OSError, EOFError, zlib.error, lzma.LZMAError, zipfile.BadZipFile)
 
@@ -77,8 +81,10 @@ class _Layout:
 # ---------------------------------------------------------------------------------------- input
 
 
-def _compressed(raw: BinaryIO, path: Path) -> BinaryIO:
-    suffix = path.suffix.lower()
+_MAGIC = {b"\x1f\x8b": ".gz", b"BZh": ".bz2", b"\xfd7zXZ\x00": ".xz", b"PK\x03\x04": ".zip"}
+
+
+def _compressed(raw: BinaryIO, path: Path, suffix: str) -> BinaryIO:
     if suffix == ".gz":
         return gzip.GzipFile(fileobj=raw, mode="rb")  # type: ignore[return-value]
     if suffix == ".bz2":
@@ -94,19 +100,65 @@ def _compressed(raw: BinaryIO, path: Path) -> BinaryIO:
     return raw
 
 
+class _Counted(io.RawIOBase):
+    """A non-seekable stream (stdin, a pipe) that counts the bytes read from it, for progress."""
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw, self.count = raw, 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer) -> int:  # type: ignore[override]
+        data = self.raw.read(len(buffer))
+        buffer[:len(data)] = data
+        self.count += len(data)
+        return len(data)
+
+
 @contextlib.contextmanager
-def open_input(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, Callable[[], int], int]]:
-    """Open a (possibly compressed) input: yields (stream, bytes-of-file-consumed, file size)."""
-    p = Path(path)
+def _open_raw(p: Path) -> Iterator[tuple[BinaryIO, Callable[[], int], int | None]]:
+    """The file, or stdin for ``-``: (stream, bytes consumed, size where known)."""
+    if str(p) == "-":
+        stdin = sys.stdin.buffer if hasattr(sys.stdin, "buffer") else None
+        if stdin is None:
+            raise CmlError("-: no standard input to read")
+        if stdin.isatty():
+            raise CmlError("-: reads the events from standard input, which is a terminal; pipe or "
+                           "redirect a file into it (cml preprocess csv - ... < events.csv)")
+        counted = _Counted(stdin)
+        yield io.BufferedReader(counted), lambda: counted.count, None  # type: ignore[misc]
+        return
     with open_binary(p) as raw:
-        size = os.fstat(raw.fileno()).st_size
-        if size == 0:
-            raise CmlError(f"{p}: empty file, expected event rows")
+        st = os.fstat(raw.fileno())
+        if stat.S_ISREG(st.st_mode):
+            yield raw, raw.tell, st.st_size
+            return
+        counted = _Counted(raw)
+        yield io.BufferedReader(counted), lambda: counted.count, None  # type: ignore[misc]
+
+
+@contextlib.contextmanager
+def open_input(path: str | os.PathLike) -> Iterator[tuple[BinaryIO, Callable[[], int], int | None]]:
+    """Open a (possibly compressed) input: yields (stream, bytes-of-file-consumed, file size, None
+    for stdin (``-``) and pipes). A ``.zip`` must be a regular file (the format needs seeking)."""
+    p = Path(path)
+    with _open_raw(p) as (raw, consumed, size):
+        suffix = p.suffix.lower()
+        if size is None:  # a pipe has no useful name: its first bytes tell a compressed stream
+            head = raw.peek(6)[:6]  # type: ignore[attr-defined]
+            suffix = next((s for magic, s in _MAGIC.items() if head.startswith(magic)), suffix)
+            if suffix == ".zip":
+                raise CmlError(f"{p}: a .zip archive cannot be read from a pipe or stdin (it needs a "
+                               "seekable file); pass the file itself, or unzip it into the pipe")
+        empty = size == 0 if size is not None else not raw.peek(1)  # type: ignore[attr-defined]
+        if empty:
+            raise CmlError(f"{p}: empty {'file' if size is not None else 'input'}, expected event rows")
         try:
-            stream = _compressed(raw, p)
+            stream = _compressed(raw, p, suffix)
         except _READ_ERRORS as e:
             raise CmlError(f"{p}: cannot read the {p.suffix} archive ({e})") from None
-        yield stream, raw.tell, size
+        yield stream, consumed, size
 
 
 def _read(stream: BinaryIO, n: int, path: Path) -> bytes:
@@ -116,23 +168,41 @@ def _read(stream: BinaryIO, n: int, path: Path) -> bytes:
         raise CmlError(f"{path}: cannot read ({e}); is the file truncated or corrupt?") from None
 
 
-def _blocks(stream: BinaryIO, block_bytes: int, path: Path, first: bytes
+def _long_line(path: Path, line_no: int) -> CmlError:
+    return CmlError(f"{path}: line {line_no}: longer than {MAX_LINE_BYTES >> 20} MiB without a line end; "
+                    "expected one event per line, ending in \\n or \\r\\n")
+
+
+def _blocks(stream: BinaryIO, block_bytes: int, path: Path, first: bytes, line_no: int
             ) -> Iterator[bytes]:
-    """Consecutive pieces of the stream, each ending at a line end (the last one may not)."""
-    rest = first
+    """Consecutive pieces of the stream, each ending at a line end (the last one may not).
+
+    ``line_no`` is the number of the first line of ``first``. A line that spans reads and grows
+    past :data:`MAX_LINE_BYTES` is refused as soon as it does (its pieces are kept in a list, so
+    it costs linear time); a line within one read is bounded by ``block_bytes``."""
+    pending: list[bytes] = [first] if first else []
+    tail = len(first) - 1 - first.rfind(b"\n")  # bytes of the unfinished last line
+    ends = first.count(b"\n")  # line ends held in ``pending``
     while True:
         chunk = _read(stream, block_bytes, path)
         if not chunk:
-            if rest:
-                yield rest
+            if pending:
+                yield b"".join(pending)
             return
-        buf = rest + chunk if rest else chunk
-        cut = buf.rfind(b"\n")
+        cut = chunk.rfind(b"\n")
         if cut < 0:
-            rest = buf
+            pending.append(chunk)
+            tail += len(chunk)
+            if tail > MAX_LINE_BYTES:
+                raise _long_line(path, line_no + ends)
             continue
-        rest = buf[cut + 1:]
-        yield buf[:cut + 1]
+        if tail + chunk.find(b"\n") > MAX_LINE_BYTES:
+            raise _long_line(path, line_no + ends)
+        block = b"".join(pending + [chunk[:cut + 1]]) if pending else chunk[:cut + 1]
+        line_no += ends + chunk.count(b"\n", 0, cut + 1)
+        rest = chunk[cut + 1:]
+        pending, tail, ends = ([rest] if rest else []), len(rest), 0
+        yield block
 
 
 # ---------------------------------------------------------------------------------------- layout
@@ -149,13 +219,17 @@ def _layout(spec: TableSpec, stream: BinaryIO, path: Path) -> tuple[_Layout, byt
     if spec.columns is not None:
         pos = {role: spec.columns.index(name) for role, name in roles.items()}
         return _Layout(len(spec.columns), spec.columns, pos, 1), b""
-    head = b""
-    while b"\n" not in head:
+    pieces: list[bytes] = []
+    size = 0
+    while True:
         chunk = _read(stream, 1 << 16, path)
-        if not chunk:
+        pieces.append(chunk)
+        if not chunk or b"\n" in chunk:
             break
-        head += chunk
-    line, _, rest = head.partition(b"\n")
+        size += len(chunk)
+        if size > MAX_LINE_BYTES:
+            raise _long_line(path, 1)
+    line, _, rest = b"".join(pieces).partition(b"\n")
     line = line.removeprefix(b"\xef\xbb\xbf")
     if not line.strip():
         raise CmlError(f"{path}: line 1: expected a header naming the columns "
@@ -167,10 +241,16 @@ def _layout(spec: TableSpec, stream: BinaryIO, path: Path) -> tuple[_Layout, byt
     except csv.Error as e:  # e.g. a lone \r: old Mac line ends make the whole file one line
         raise CmlError(f"{path}: line 1: expected a header line ending in \\n or \\r\\n, "
                        f"got malformed CSV ({e})") from None
+    twice = sorted({n for n in names if n and names.count(n) > 1})
+    if twice:
+        raise CmlError(f"{path}: line 1: column name(s) {', '.join(map(repr, twice))[:200]} appear more "
+                       "than once in the header; expected each column named once")
     missing = [n for n in roles.values() if n not in names]
     if missing:
+        got = ", ".join(names)
         raise CmlError(f"{path}: line 1: header lacks column(s) {', '.join(missing)} "
-                       f"(expected columns {', '.join(roles.values())}; got {', '.join(names)})")
+                       f"(expected columns {', '.join(roles.values())}; got "
+                       f"{got if len(got) <= 200 else got[:200] + '...'})")
     pos = {role: names.index(name) for role, name in roles.items()}
     return _Layout(len(names), names, pos, 2), rest
 
@@ -178,16 +258,19 @@ def _layout(spec: TableSpec, stream: BinaryIO, path: Path) -> tuple[_Layout, byt
 # ---------------------------------------------------------------------------------------- blocks
 
 
-def _is_int(text: str) -> bool:
+def _int_problem(text: str) -> str | None:
+    """None for a whole number that fits int64 (``12``, ``12.0``); else ``"not an integer"`` or
+    ``"too large"``."""
     try:
-        return -(2**63) <= int(text) < 2**63
+        value: float = int(text)
     except ValueError:
-        pass
-    try:
-        f = float(text)
-    except ValueError:
-        return False
-    return math.isfinite(f) and f.is_integer() and abs(f) < 2**63
+        try:
+            value = float(text)
+        except ValueError:
+            return "not an integer"
+        if not (math.isfinite(value) and value.is_integer()):
+            return "not an integer"
+    return None if -(2**63) <= value < 2**63 else "too large"
 
 
 def _diagnose(block: bytes, line_no: int, spec: TableSpec, lay: _Layout) -> str | None:
@@ -213,8 +296,12 @@ def _diagnose(block: bytes, line_no: int, spec: TableSpec, lay: _Layout) -> str 
             if role != "time" and spec.string_ids:
                 if value == "":
                     return f"line {n}: expected a non-empty {name}, got ''"
-            elif not _is_int(value):
-                return f"line {n}: expected an integer {name}, got {value!r}"
+            elif (problem := _int_problem(value)) is not None:
+                shown = repr(value) if len(value) <= 80 else repr(value[:80]) + "..."
+                if problem == "too large":
+                    return (f"line {n}: {name} {shown} is an integer too large for int64 "
+                            "(expected -2^63 .. 2^63-1)")
+                return f"line {n}: expected an integer {name}, got {shown}"
         value = fields[lay.pos["behavior"]]
         if value not in spec.behavior_values:
             return (f"line {n}: unknown {lay.names[lay.pos['behavior']]} {value!r} "
@@ -284,7 +371,7 @@ def read_events(path: str | os.PathLike, spec: TableSpec, *, block_bytes: int = 
         line_no = lay.first_data_line
         with tqdm(total=size, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
                   desc=f"reading {p.name}", disable=quiet, leave=False, mininterval=0.5) as bar:
-            for block in _blocks(stream, block_bytes, p, rest):
+            for block in _blocks(stream, block_bytes, p, rest, line_no):
                 try:
                     parsed = _parse_block(block, spec, lay, lookup)
                 except _BadBlock as e:
