@@ -165,20 +165,20 @@ def test_published_validation_file_is_used_as_it_is(tmp_path):
     assert ds.options["stats"]["files"][-1] == "buy/validation.txt"
     for (u, v), row in zip(ds.valid.tolist(), ds.valid_negatives.tolist()):
         assert v not in row and test[u] not in row
-    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "b", "--held-out-auxiliary", "drop")
+    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "b", "-q", "--held-out-auxiliary", "drop")
     assert_one_line_error(res, "--held-out-auxiliary drop", "publishes its validation split")
     assert not (tmp_path / "b").exists()
     (src / "buy" / "valid.txt").write_text("0\t1\n")
-    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "c")
+    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "c", "-q")
     assert_one_line_error(res, "valid.txt and validation.txt")
 
 
 def test_before_needs_times(tmp_path):
     train, test = make_split()
     src = write_mbcgcn(tmp_path / "t", train, test)
-    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "a", "--held-out-auxiliary", "before")
+    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "a", "-q", "--held-out-auxiliary", "before")
     assert_one_line_error(res, "holds no times")
-    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "a", "--no-valid",
+    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "a", "--no-valid", "-q",
                   "--held-out-auxiliary", "keep")
     assert_one_line_error(res, "--no-valid")
     res = run_cli("preprocess", "lists", src, "-o", tmp_path / "a", "--min-purchases", "2")
