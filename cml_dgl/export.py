@@ -136,8 +136,8 @@ def recommend(run: LoadedRun, raw_user: str, k: int = 10, include_purchased: boo
     if k <= 0:
         raise CmlError(f"-k must be positive, got {k}")
     u = raw_user_index(run, raw_user)
-    user, item = run.embeddings()
-    scores = (item @ user[u]).float().cpu().numpy()
+    scorer = run.scorer()
+    scores = scorer.score_users(torch.tensor([u], device=scorer.device))[0].float().cpu().numpy()
     if not include_purchased:
         bu, bi = run.ds.edges(run.ds.n_behaviors - 1)
         lo, hi = np.searchsorted(bu, [u, u + 1])  # edges are sorted by (behavior, user, item)

@@ -32,6 +32,7 @@ from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate_sampled
 from cml_dgl.models import registry
+from cml_dgl.models.base import Scorer
 from cml_dgl.train import faults
 from cml_dgl.train.config import dump
 from cml_dgl.train.devices import resolve_device
@@ -75,17 +76,17 @@ class Trainer:
         return self.strategy.steps_per_epoch()
 
     @torch.no_grad()
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def scorer(self) -> Scorer:
+        """The model's scores as it is now, computed in eval mode (one encoder pass)."""
         self.model.eval()
-        user, item = self.model.embeddings()
+        scorer = self.model.scorer()
         self.model.train()
-        return user, item
+        return scorer
 
     def evaluate(self, split: str) -> dict[str, float]:
         pairs = self.ds.valid if split == "valid" else self.ds.test
         negs = self.ds.valid_negatives if split == "valid" else self.ds.test_negatives
-        user, item = self.embeddings()
-        res = evaluate_sampled(user, item, pairs, negs, self.cfg["eval_ks"],
+        res = evaluate_sampled(self.scorer(), pairs, negs, self.cfg["eval_ks"],
                                tie_rule=self.cfg["tie_rule"], seed=self.cfg["seed"])
         return {k: round(float(v), 6) for k, v in res.items()}
 
