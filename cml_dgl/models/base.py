@@ -246,7 +246,7 @@ def top_k(scorer: Scorer, users: Tensor | np.ndarray, k: int, *, exclude: sp.spm
             sub = exclude[rows.numpy()].tocoo()
             s[torch.from_numpy(sub.row.astype(np.int64)).to(s.device),
               torch.from_numpy(sub.col.astype(np.int64)).to(s.device)] = float("-inf")
-        val, idx = _top_k_lowest_index(s, kk)
+        val, idx = top_k_lowest_index(s, kk)
         # equal scores: by item index (a lexicographic sort of the k picked)
         key = torch.argsort(idx, dim=1)
         val, idx = val.gather(1, key), idx.gather(1, key)
@@ -257,7 +257,7 @@ def top_k(scorer: Scorer, users: Tensor | np.ndarray, k: int, *, exclude: sp.spm
     return out_items, out_scores
 
 
-def _top_k_lowest_index(s: Tensor, kk: int) -> tuple[Tensor, Tensor]:
+def top_k_lowest_index(s: Tensor, kk: int) -> tuple[Tensor, Tensor]:
     """Row-wise ``topk`` of ``s`` whose items tied at the k-th score are those of lowest index
     (``torch.topk`` picks any of them). Only the rows whose k-th score is tied beyond the cut are
     recomputed: the items above it, then the first tied ones up to k. Order within: unspecified."""
