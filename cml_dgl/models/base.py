@@ -31,6 +31,9 @@ if TYPE_CHECKING:  # scipy is imported where an exclusion matrix is read
 
 DEFAULT_CHUNK = 2048
 
+SCORE_ROWS_ENTRIES = 1 << 24
+"""Score entries a :class:`ScoredRecommender` holds at once while reading candidates (64 MiB)."""
+
 DENSE_EMBEDDINGS_MAX = 1 << 26
 """Entries (U·I + I·I) above which a :class:`ScoredRecommender` refuses to write its scores out
 as dense embeddings (64 Mi float32 = 256 MiB)."""
@@ -191,7 +194,7 @@ class ScoredRecommender(Recommender):
         items = items.cpu()
         flat = items.dim() == 1
         cols = items.unsqueeze(1) if flat else items
-        step = max(1, DEFAULT_CHUNK * 64 // max(1, self.n_items))  # at most DEFAULT_CHUNK * 64 entries at once
+        step = max(1, SCORE_ROWS_ENTRIES // max(1, self.n_items))
         out = [self.score_users(users[lo:lo + step]).gather(1, cols[lo:lo + step])
                for lo in range(0, len(users), step)]
         s = torch.cat(out) if out else torch.zeros(cols.shape, dtype=torch.float32)
