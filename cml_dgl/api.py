@@ -88,7 +88,7 @@ def user_indices(ds: Dataset, raw_users: Sequence[Any] | np.ndarray) -> np.ndarr
     pos = np.minimum(pos, len(ids) - 1)
     found = ids[order][pos] == raw
     if not found.all():
-        bad = raw[~found][0]
+        bad = raw[~found][0].item()  # a Python value: numpy 2 would print np.int64(7)
         raise CmlError(f"unknown user {bad!r}: not in the dataset's user id map ({len(ids)} users)")
     return order[pos].astype(np.int64)
 
