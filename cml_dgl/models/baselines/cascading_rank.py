@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -11,9 +11,6 @@ from torch import Tensor
 from cml_dgl.errors import CmlError
 from cml_dgl.graph.build import edge_weights, prepare_relations
 from cml_dgl.models.base import ScoredRecommender
-
-if TYPE_CHECKING:
-    import scipy.sparse as sp
 
 CHUNK_ENTRIES = 1 << 23
 """Float32 entries of one ranking vector block ((U + I) x users) in the power iteration: about

@@ -28,8 +28,9 @@ def history_behaviors(ds: Any, value: str) -> list[int]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     bad = [n for n in names if n not in aux]
     if not names or bad:
-        raise CmlError(f"config history_behaviors: {', '.join(map(repr, bad)) or repr(value)} is not a list of "
-                       f"auxiliary behaviors of this dataset; expected 'all' or names among {', '.join(aux) or '(none)'}")
+        shown = ", ".join(map(repr, bad)) or repr(value)
+        raise CmlError(f"config history_behaviors: {shown} is not a list of auxiliary behaviors of this dataset; "
+                       f"expected 'all' or names among {', '.join(aux) or '(none)'}")
     return sorted({aux.index(n) for n in names})
 
 
