@@ -54,5 +54,21 @@ def apply_threads(n: int | None) -> int:
     return used
 
 
+def tmall_mbcgcn_dataset(holdouts: bool, workdir: Path | None = None) -> Path:
+    """Preprocess MB-CGCN's Tmall split with ``--no-valid`` (the published training split), with
+    or without ``--auxiliary-holdouts`` (cached in ``workdir``), and return its path."""
+    src = shared_data() / "tmall-mbcgcn"
+    if not src.is_dir():
+        sys.exit(f"bench: {src} not found; set CML_SHARED_DATA to the folder holding tmall-mbcgcn/")
+    base = workdir or Path(tempfile.gettempdir()) / "cml-bench"
+    out = base / ("tmall-mbcgcn-holdouts" if holdouts else "tmall-mbcgcn")
+    if not (out / "meta.json").is_file():
+        base.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "cml_dgl_cli", "preprocess", "lists", str(src), "-o", str(out),
+               "--no-valid", "--quiet", "--overwrite"] + (["--auxiliary-holdouts"] if holdouts else [])
+        subprocess.run(cmd, check=True, cwd=ROOT)
+    return out
+
+
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2

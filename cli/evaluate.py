@@ -51,8 +51,7 @@ def evaluate_cmd(run_dir, checkpoint, split, protocol, ks, mask, tie_rule, datas
     cutoffs = parse_int_list(ks, "-k")
     run = load_run(run_dir, checkpoint, dataset=dataset, device=device,
                    allow_changed_dataset=allow_changed_dataset)
-    user, item = run.embeddings()
-    results = evaluate(run.ds, user, item, split=split, protocol=protocol, ks=cutoffs,
+    results = evaluate(run.ds, run.scorer(), split=split, protocol=protocol, ks=cutoffs,
                        tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"], progress=not quiet)
     for r in results:
         r["checkpoint"] = str(run.checkpoint)

@@ -73,6 +73,10 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
                    "behavior), keep (only the target edge goes), before (keep those earlier than the "
                    "held-out purchase; needs times). auto: drop for raw logs; for published splits, "
                    "applied to the carved validation item, what the published test split did (measured).")
+@click.option("--auxiliary-holdouts", is_flag=True, default=False,
+              help="lists, MB-CGCN's layout: also read each auxiliary behavior's <behavior>/test.txt "
+                   "(a per-behavior holdout, not a target) as training edges of that behavior, as "
+                   "CascadingRank's copy of the Tmall split does.")
 @click.option("--negatives", type=click.IntRange(min=1), default=N_NEGATIVES, show_default=True,
               help="Stored negative candidates per test/validation user (sampled protocol).")
 @click.option("--seed", type=click.IntRange(0, 2**32 - 1), default=DEFAULT_SEED, show_default=True,
@@ -84,13 +88,14 @@ def _behaviors(ctx: click.Context, param: click.Parameter, value: str | None) ->
 @handle_errors
 def preprocess_cmd(source: str, input: Path, outdir: Path, behaviors: list[str] | None,
                    min_purchases: int | None, min_user_interactions: int, min_item_interactions: int,
-                   no_valid: bool, held_out_auxiliary: str, negatives: int, seed: int,
-                   block_bytes: int, overwrite: bool, quiet: bool) -> None:
+                   no_valid: bool, held_out_auxiliary: str, auxiliary_holdouts: bool, negatives: int,
+                   seed: int, block_bytes: int, overwrite: bool, quiet: bool) -> None:
     out = preprocess(source, input, outdir, behaviors=behaviors, min_purchases=min_purchases,
                      min_user_interactions=min_user_interactions,
                      min_item_interactions=min_item_interactions, valid=not no_valid,
                      negatives=negatives, seed=seed, overwrite=overwrite, quiet=quiet,
-                     block_bytes=block_bytes, held_out_auxiliary=held_out_auxiliary)
+                     block_bytes=block_bytes, held_out_auxiliary=held_out_auxiliary,
+                     auxiliary_holdouts=auxiliary_holdouts)
     meta = read_meta(out)
     edges = ", ".join(f"{b} {meta['train_edges'][b]:,}" for b in meta["behaviors"])
     stats = meta.get("options", {}).get("stats", {})

@@ -93,11 +93,10 @@ def open_run(run_dir: str | Path, checkpoint: str = "best", dataset: Dataset | s
 def evaluate(run: LoadedRun, *, split: str = "test", protocol: str = "sampled", ks: Sequence[int] = (10,),
              tie_rule: str = "expected", mask: str = "target") -> list[dict[str, Any]]:
     """Evaluate as ``cml evaluate`` does: one result dict per protocol (``both``: sampled, full)."""
-    from cml_dgl.eval.evaluate import evaluate as evaluate_embeddings
+    from cml_dgl.eval.evaluate import evaluate as evaluate_scorer
 
-    user, item = run.embeddings()
-    return evaluate_embeddings(run.ds, user, item, split=split, protocol=protocol, ks=ks,
-                               tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"])
+    return evaluate_scorer(run.ds, run.scorer(), split=split, protocol=protocol, ks=ks,
+                           tie_rule=tie_rule, mask=mask, seed=run.cfg["seed"])
 
 
 def recommend(run: LoadedRun, users: Sequence[Any] | np.ndarray, k: int = 10, *,

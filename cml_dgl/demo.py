@@ -61,8 +61,7 @@ def run_demo(out: str | Path, size: DemoSize = DemoSize(), seed: int = 2023, ove
         trainer.fit()
         run = load_run(run_dir, "best", dataset=ds)
         runs[model] = run
-        user, item = run.embeddings()
-        res = evaluate(ds, user, item, split="test", protocol="both", ks=(10,), seed=seed)
+        res = evaluate(ds, run.scorer(), split="test", protocol="both", ks=(10,), seed=seed)
         results[model] = {"run_dir": str(run_dir), "train_seconds": round(time.perf_counter() - t, 1),
                           "best_epoch": run.info.get("epoch"),
                           **{r["protocol"]: r["metrics"] for r in res}}

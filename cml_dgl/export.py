@@ -175,13 +175,11 @@ def recommend_users(run: LoadedRun, users: np.ndarray, k: int = 10, include_purc
     ``rank`` (1-based) and ``score`` (float64, the exact float32 score), rank by rank per user; the
     user's training purchases are excluded unless ``include_purchased``. A user with fewer than k
     allowed items gets fewer rows."""
-    from cml_dgl.models.topk import recommend_topk
-
     if k <= 0:
         raise CmlError(f"-k must be positive, got {k}")
-    user, item = run.embeddings()
     exclude = None if include_purchased else run.ds.csr(run.ds.n_behaviors - 1)
-    items, scores = recommend_topk(user, item, users, k, exclude=exclude, chunk=chunk)
+    run.model.eval()
+    items, scores = run.model.recommend(users, k, exclude=exclude, chunk=chunk)
     items, scores = items.cpu().numpy(), scores.double().cpu().numpy()
     keep = items >= 0
     row = np.repeat(np.arange(len(users)), keep.sum(1))

@@ -12,7 +12,7 @@ from torch import nn
 from cml_dgl.data.dataset import Dataset, load_dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.models import registry
-from cml_dgl.models.base import Recommender
+from cml_dgl.models.base import Recommender, Scorer
 from cml_dgl.train.checkpoint import load_checkpoint
 from cml_dgl.train.config import differences, quote, read_config_file, resolve
 from cml_dgl.train.devices import resolve_device
@@ -31,8 +31,16 @@ class LoadedRun:
 
     @torch.no_grad()
     def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's embeddings (a model scored row by row may refuse them: see
+        :class:`~cml_dgl.models.base.ScoredRecommender`)."""
         self.model.eval()
         return self.model.embeddings()
+
+    @torch.no_grad()
+    def scorer(self) -> Scorer:
+        """What evaluation and recommendation rank with: the model's scores, in eval mode."""
+        self.model.eval()
+        return self.model.scorer()
 
 
 NAMED_CHECKPOINTS = ("best", "last", "prev")

@@ -75,8 +75,7 @@ class RecommenderContract:
             assert all(np.isfinite(v) for r in rows for v in r["losses"].values())
         else:
             assert len(rows) == 1
-        user, item = tr.embeddings()
-        hr = evaluate(ds, user, item, split="test", protocol="sampled", ks=(10,))[0]["metrics"]["hr@10"]
+        hr = evaluate(ds, tr.scorer(), split="test", protocol="sampled", ks=(10,))[0]["metrics"]["hr@10"]
         # three standard deviations above a random ranking's HR@10 over this many users
         bar = RANDOM_HR10 + 3 * np.sqrt(RANDOM_HR10 * (1 - RANDOM_HR10) / len(ds.test))
         assert hr > bar, f"{self.model_name}: test HR@10 {hr:.3f} is not above a random ranking's ({bar:.3f})"

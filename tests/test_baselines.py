@@ -65,7 +65,7 @@ def test_popularity_ranks_items_by_training_counts():
         scores = (ue @ ie.T).numpy()
         np.testing.assert_array_equal(scores, np.tile(counts, (ds.n_users, 1)))
         # rank of the positive = number of items more popular (no mask), ties = equally popular
-        g, t = full_rank_bounds(ue, ie, ds.test, None)
+        g, t = full_rank_bounds((ue, ie), ds.test, None)
         pos_counts = counts[ds.test[:, 1]]
         np.testing.assert_array_equal(g, (counts[None, :] > pos_counts[:, None]).sum(1))
         np.testing.assert_array_equal(t, (counts[None, :] == pos_counts[:, None]).sum(1) - 1)

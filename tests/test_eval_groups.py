@@ -59,12 +59,12 @@ def test_seen_means_the_users_own_auxiliary_training_items(grouped):
 def test_groups_are_the_metrics_of_their_users_alone(grouped, split):
     ds, ue, ie = grouped
     seen = seen_in_auxiliary(ds, getattr(ds, split))
-    for res in evaluate(ds, ue, ie, split=split, protocol="both", ks=(5, 10)):
+    for res in evaluate(ds, (ue, ie), split=split, protocol="both", ks=(5, 10)):
         groups = res["groups"]
         assert list(groups) == ["seen", "new"]
         assert groups["seen"]["n_users"] == seen.sum() and groups["new"]["n_users"] == (~seen).sum()
         for name, rows in (("seen", np.flatnonzero(seen)), ("new", np.flatnonzero(~seen))):
-            alone = evaluate(restricted(ds, split, rows), ue, ie, split=split, protocol=res["protocol"],
+            alone = evaluate(restricted(ds, split, rows), (ue, ie), split=split, protocol=res["protocol"],
                              ks=(5, 10))[0]["metrics"]
             assert groups[name]["metrics"] == pytest.approx(alone, rel=1e-12)
         n = res["n_users"]
@@ -75,16 +75,16 @@ def test_groups_are_the_metrics_of_their_users_alone(grouped, split):
 
 def test_the_overall_metrics_are_unchanged(grouped):
     ds, ue, ie = grouped
-    sampled, full = evaluate(ds, ue, ie, protocol="both", ks=(10,), tie_rule="random", seed=5)
-    assert sampled["metrics"] == evaluate_sampled(ue, ie, ds.test, ds.test_negatives, (10,), "random", 5)
-    assert full["metrics"] == evaluate_full(ue, ie, ds.test, training_mask(ds, "target", "test"), (10,),
+    sampled, full = evaluate(ds, (ue, ie), protocol="both", ks=(10,), tie_rule="random", seed=5)
+    assert sampled["metrics"] == evaluate_sampled((ue, ie), ds.test, ds.test_negatives, (10,), "random", 5)
+    assert full["metrics"] == evaluate_full((ue, ie), ds.test, training_mask(ds, "target", "test"), (10,),
                                             "random", 5)
 
 
 def test_an_empty_group_has_no_metrics():
     ds = make_tiny_dataset(n_users=20, n_items=40, seed=3)
     rng = np.random.default_rng(1)
-    res = evaluate(ds, rng.normal(size=(20, 4)), rng.normal(size=(40, 4)))[0]
+    res = evaluate(ds, (rng.normal(size=(20, 4)), rng.normal(size=(40, 4))))[0]
     assert res["groups"]["seen"] == {"n_users": 0, "metrics": None}
     assert res["groups"]["new"]["n_users"] == 20 and res["groups"]["new"]["metrics"] == res["metrics"]
 

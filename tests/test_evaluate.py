@@ -66,13 +66,13 @@ def test_sampled_matches_brute_force(tie_rule, integer):
     pos = rng.integers(0, n_items, size=25)
     negs = np.stack([rng.choice(np.setdiff1d(np.arange(n_items), [p]), m, replace=False) for p in pos])
     pairs = np.stack([users, pos], 1)
-    got = evaluate_sampled(torch.from_numpy(ue), torch.from_numpy(ie), pairs, negs, KS, tie_rule)
+    got = evaluate_sampled((torch.from_numpy(ue), torch.from_numpy(ie)), pairs, negs, KS, tie_rule)
     s = ue.astype(np.float64) @ ie.astype(np.float64).T
     want = reference_metrics([s[u, p] for u, p in pairs], [s[u, negs[j]] for j, (u, _) in enumerate(pairs)],
                              KS, tie_rule)
     assert_metrics_close(got, want)
     if integer and tie_rule == "expected":
-        _, t = sampled_rank_bounds(ue, ie, pairs, negs)
+        _, t = sampled_rank_bounds((ue, ie), pairs, negs)
         assert t.sum() > 0  # the case really exercises ties
 
 
@@ -100,12 +100,12 @@ def test_full_matches_dense_reference_with_masking(tie_rule):
         keep[p] = False
         comps.append(s[u, keep])
     want = reference_metrics([s[u, p] for u, p in pairs], comps, KS, tie_rule)
-    got = evaluate_full(ue, ie, pairs, mask, KS, tie_rule)
+    got = evaluate_full((ue, ie), pairs, mask, KS, tie_rule)
     assert_metrics_close(got, want)
     # without a mask every other item competes
     want_nomask = reference_metrics([s[u, p] for u, p in pairs], [np.delete(s[u], p) for u, p in pairs],
                                     KS, tie_rule)
-    assert_metrics_close(evaluate_full(ue, ie, pairs, None, KS, tie_rule), want_nomask)
+    assert_metrics_close(evaluate_full((ue, ie), pairs, None, KS, tie_rule), want_nomask)
 
 
 def test_positive_is_never_masked():
@@ -113,7 +113,7 @@ def test_positive_is_never_masked():
     ue = np.ones((1, 1), dtype=np.float32)
     ie = np.ones((5, 1), dtype=np.float32)
     mask = sp.csr_matrix(np.array([[1, 1, 0, 0, 1]], dtype=np.float32))
-    g, t = full_rank_bounds(ue, ie, np.array([[0, 1]]), mask)
+    g, t = full_rank_bounds((ue, ie), np.array([[0, 1]]), mask)
     assert g.tolist() == [0] and t.tolist() == [2]  # items 2 and 3 tie with it; 0 and 4 are masked
 
 
@@ -122,7 +122,7 @@ def test_duplicate_mask_entries_count_once():
     ie = np.array([[3.0], [1.0], [2.0], [0.0]], dtype=np.float32)
     # item 0 stored twice (non-canonical csr)
     mask = sp.csr_matrix((np.ones(2, dtype=np.float32), np.array([0, 0]), np.array([0, 2])), shape=(1, 4))
-    g, t = full_rank_bounds(ue, ie, np.array([[0, 1]]), mask)
+    g, t = full_rank_bounds((ue, ie), np.array([[0, 1]]), mask)
     assert g.tolist() == [1] and t.tolist() == [0]  # only item 2 (score 2) beats item 1 (score 1)
 
 
@@ -130,15 +130,15 @@ def test_duplicate_mask_entries_count_once():
 def test_chunk_size_does_not_change_results(protocol):
     ds = make_tiny_dataset(n_users=25, n_items=30, seed=4)
     ue, ie = int_embeddings(ds.n_users, ds.n_items, seed=4)
-    big = evaluate(ds, ue, ie, protocol=protocol, ks=KS, tie_rule="random", mask="all", seed=3,
+    big = evaluate(ds, (ue, ie), protocol=protocol, ks=KS, tie_rule="random", mask="all", seed=3,
                    max_chunk_elems=1 << 30)
     for elems in (1, 7, 95, 31 * 3):
-        small = evaluate(ds, ue, ie, protocol=protocol, ks=KS, tie_rule="random", mask="all", seed=3,
+        small = evaluate(ds, (ue, ie), protocol=protocol, ks=KS, tie_rule="random", mask="all", seed=3,
                          max_chunk_elems=elems)
         assert small == big
     if protocol == "full":
-        a = full_rank_bounds(ue, ie, ds.test, training_mask(ds, "all"), max_chunk_elems=1)
-        b = full_rank_bounds(ue, ie, ds.test, training_mask(ds, "all"), max_chunk_elems=10**9)
+        a = full_rank_bounds((ue, ie), ds.test, training_mask(ds, "all"), max_chunk_elems=1)
+        b = full_rank_bounds((ue, ie), ds.test, training_mask(ds, "all"), max_chunk_elems=10**9)
         np.testing.assert_array_equal(a[0], b[0])
         np.testing.assert_array_equal(a[1], b[1])
 
@@ -164,16 +164,16 @@ def cold_item_case(n_users=600, n_items=1000, n_cold=900, seed=0):
 def test_untrained_model_scores_chance_under_expected_but_optimistic_inflates():
     ue, ie, pairs, negs, pos_cold = cold_item_case()
     assert pos_cold.mean() > 0.8
-    exp = evaluate_sampled(ue, ie, pairs, negs, (10,), "expected")
-    opt = evaluate_sampled(ue, ie, pairs, negs, (10,), "optimistic")
-    pes = evaluate_sampled(ue, ie, pairs, negs, (10,), "pessimistic")
+    exp = evaluate_sampled((ue, ie), pairs, negs, (10,), "expected")
+    opt = evaluate_sampled((ue, ie), pairs, negs, (10,), "optimistic")
+    pes = evaluate_sampled((ue, ie), pairs, negs, (10,), "pessimistic")
     assert abs(exp["hr@10"] - 0.10) < 0.03
     assert opt["hr@10"] > 0.5  # topk-style luck: cold positives jump ahead of ~89 tied cold negatives
     assert pes["hr@10"] < 0.05
     # the same tie is seen by the full protocol (one score matrix per chunk)
     n_items = ie.shape[0]
-    exp_full = evaluate_full(ue, ie, pairs, None, (100,), "expected", max_chunk_elems=70 * n_items)
-    opt_full = evaluate_full(ue, ie, pairs, None, (100,), "optimistic", max_chunk_elems=70 * n_items)
+    exp_full = evaluate_full((ue, ie), pairs, None, (100,), "expected", max_chunk_elems=70 * n_items)
+    opt_full = evaluate_full((ue, ie), pairs, None, (100,), "optimistic", max_chunk_elems=70 * n_items)
     assert abs(exp_full["hr@100"] - 0.10) < 0.03
     assert opt_full["hr@100"] > 0.5
 
@@ -184,27 +184,27 @@ def test_no_ties_untrained_model_is_near_chance():
     ue, ie = rng.normal(size=(n_users, 8)), rng.normal(size=(n_items, 8))
     pos = rng.integers(0, n_items, size=n_users)
     negs = np.stack([rng.choice(np.setdiff1d(np.arange(n_items), [p]), 99, replace=False) for p in pos])
-    m = evaluate_sampled(ue, ie, np.stack([np.arange(n_users), pos], 1), negs, (10,))
+    m = evaluate_sampled((ue, ie), np.stack([np.arange(n_users), pos], 1), negs, (10,))
     assert abs(m["hr@10"] - 0.10) < 0.03
 
 
 def test_evaluate_result_records_and_masks():
     ds = make_tiny_dataset(seed=6)
     ue, ie = int_embeddings(ds.n_users, ds.n_items, seed=6)
-    res = evaluate(ds, torch.from_numpy(ue), torch.from_numpy(ie), split="valid", protocol="both", ks=(5, 10))
+    res = evaluate(ds, (torch.from_numpy(ue), torch.from_numpy(ie)), split="valid", protocol="both", ks=(5, 10))
     assert [r["protocol"] for r in res] == ["sampled", "full"]
     for r in res:
         assert r["split"] == "valid" and r["tie_rule"] == "expected" and r["n_users"] == len(ds.valid)
         assert set(r["metrics"]) == {"hr@5", "ndcg@5", "recall@5", "hr@10", "ndcg@10", "recall@10", "mrr"}
-    assert res[0]["metrics"] == evaluate_sampled(ue, ie, ds.valid, ds.valid_negatives, (5, 10))
-    assert res[1]["metrics"] == evaluate_full(ue, ie, ds.valid, ds.csr(ds.n_behaviors - 1), (5, 10))
+    assert res[0]["metrics"] == evaluate_sampled((ue, ie), ds.valid, ds.valid_negatives, (5, 10))
+    assert res[1]["metrics"] == evaluate_full((ue, ie), ds.valid, ds.csr(ds.n_behaviors - 1), (5, 10))
     # mask="all" excludes every behavior's training items (and, on the test split, the valid item)
     union = sum(ds.csr(k) for k in range(ds.n_behaviors))
     union = union + sp.csr_matrix((np.ones(len(ds.valid)), (ds.valid[:, 0], ds.valid[:, 1])), shape=union.shape)
-    full_all = evaluate(ds, ue, ie, protocol="full", ks=(5, 10), mask="all")[0]
-    assert full_all["metrics"] == evaluate_full(ue, ie, ds.test, union, (5, 10))
+    full_all = evaluate(ds, (ue, ie), protocol="full", ks=(5, 10), mask="all")[0]
+    assert full_all["metrics"] == evaluate_full((ue, ie), ds.test, union, (5, 10))
     assert (training_mask(ds, "all", "test").toarray() > 0).sum() == (union.toarray() > 0).sum()
-    assert full_all["metrics"] != evaluate(ds, ue, ie, protocol="full", ks=(5, 10), mask="target")[0]["metrics"]
+    assert full_all["metrics"] != evaluate(ds, (ue, ie), protocol="full", ks=(5, 10), mask="target")[0]["metrics"]
 
 
 def test_empty_split_and_bad_inputs_raise_cml_error():
@@ -213,19 +213,19 @@ def test_empty_split_and_bad_inputs_raise_cml_error():
     ds.valid = np.zeros((0, 2), dtype=np.int32)
     ds.valid_negatives = np.zeros((0, 99), dtype=np.int32)
     with pytest.raises(CmlError, match="no valid split; it was made with --no-valid"):
-        evaluate(ds, ue, ie, split="valid")
+        evaluate(ds, (ue, ie), split="valid")
     with pytest.raises(CmlError, match="another dataset"):
-        evaluate(ds, ue[:-1], ie)
+        evaluate(ds, (ue[:-1], ie))
     with pytest.raises(CmlError, match="protocol"):
-        evaluate(ds, ue, ie, protocol="all-items")
+        evaluate(ds, (ue, ie), protocol="all-items")
     with pytest.raises(CmlError, match="tie rule"):
-        evaluate(ds, ue, ie, tie_rule="topk")
+        evaluate(ds, (ue, ie), tie_rule="topk")
     with pytest.raises(CmlError, match="NaN"):
-        evaluate(ds, ue, np.full_like(ie, np.nan))
+        evaluate(ds, (ue, np.full_like(ie, np.nan)))
     negs = ds.test_negatives.copy()
     negs[2, 0] = ds.test[2, 1]
     with pytest.raises(CmlError, match="row 2 contains its own positive"):
-        evaluate_sampled(ue, ie, ds.test, negs, (10,))
+        evaluate_sampled((ue, ie), ds.test, negs, (10,))
 
 
 def test_test_split_masks_the_validation_purchase(tiny_dataset):

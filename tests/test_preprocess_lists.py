@@ -312,3 +312,41 @@ def test_repeated_entries_and_users_on_several_lines_are_one_edge(tmp_path):
     assert ds.options["stats"]["duplicate_entries"] == 2 - (first in train["cart"][29])
     assert ds.options["stats"]["published_train_edges"] == sum(len(pair_set(train[b])) for b in BEHAVIORS) + (
         first not in train["cart"][29])
+
+
+def test_auxiliary_holdouts_become_training_edges_of_their_behavior(tmp_path):
+    train, test = make_split()
+    src = write_mbcgcn(tmp_path / "tmall", train, test, aux_tests=False)
+    holdout = {"view": {u: [(test[u] + 1) % 150] for u in range(0, 30, 2)},  # new pairs
+               "cart": {u: [train["view"][u][0]] for u in range(0, 30, 3)}}  # some already viewed
+    holdout["cart"][5] = [test[5]]  # a cart holdout may be the user's test purchase
+    for b, adj in holdout.items():
+        (src / b / "test.txt").write_text(lines(adj))
+    run_cli_ok("preprocess", "lists", src, "-o", tmp_path / "plain", "-q", "--no-valid")
+    run_cli_ok("preprocess", "lists", src, "-o", tmp_path / "with", "-q", "--no-valid", "--auxiliary-holdouts")
+    plain, ds = load_dataset(tmp_path / "plain"), load_dataset(tmp_path / "with")
+    for b in ("view", "cart"):
+        assert edges(plain, b) == pair_set(train[b])
+        assert edges(ds, b) == pair_set(train[b]) | pair_set(holdout[b]), b
+    assert edges(ds, "buy") == pair_set(train["buy"])
+    np.testing.assert_array_equal(ds.test, plain.test)
+    stats = ds.options["stats"]
+    assert stats["auxiliary_holdouts"] == {"view": 15, "cart": 11} and ds.options["auxiliary_holdouts"] is True
+    assert stats["files"][-2:] == ["view/test.txt", "cart/test.txt"]
+    assert (5, test[5]) in edges(ds, "cart") and stats["test_pairs_in_auxiliary"]["by_behavior"]["cart"] >= 1
+
+
+def test_auxiliary_holdouts_refusals(tmp_path):
+    train, test = make_split()
+    src = write_mbcgcn(tmp_path / "tmall", train, test)  # holdouts with an item id out of range
+    res = run_cli("preprocess", "lists", src, "-o", tmp_path / "a", "--auxiliary-holdouts")
+    assert_one_line_error(res, "view/test.txt: line 1: item 99999 is outside the 150 items")
+    assert not (tmp_path / "a").exists()
+    bare = write_mbcgcn(tmp_path / "bare", train, test, aux_tests=False)
+    assert_one_line_error(run_cli("preprocess", "lists", bare, "-o", tmp_path / "b", "--auxiliary-holdouts"),
+                          "no auxiliary behavior has a test.txt")
+    gh = write_ghcf(tmp_path / "gh", train, test)
+    assert_one_line_error(run_cli("preprocess", "lists", gh, "-o", tmp_path / "c", "--auxiliary-holdouts"),
+                          "GHCF's layout has no per-behavior holdouts")
+    assert_one_line_error(run_cli("preprocess", "csv", gh / "test.txt", "--behaviors", "view,buy", "-o",
+                                  tmp_path / "d", "--auxiliary-holdouts"), "applies to the lists source only")

@@ -118,3 +118,10 @@ def test_the_loop_never_branches_on_a_models_name():
         assert not names & set(registry.MODELS), (name, names & set(registry.MODELS))
         assert "is_cml" not in src
     assert len((REPO / "cml_dgl" / "train" / "trainer.py").read_text().splitlines()) <= 300
+
+
+def test_every_config_key_has_a_row_in_the_docs():
+    section = USAGE.split("### Configuration keys")[1].split("### Several processes")[0]
+    first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    missing = [k for k in config.defaults() if not any(f"`{k}`" in cell for cell in first_cells)]
+    assert not missing, f"config keys without a row in docs/usage.md: {missing}"

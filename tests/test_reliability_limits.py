@@ -109,7 +109,7 @@ def test_full_ranking_never_builds_more_than_the_budget_and_matches_one_big_chun
     mask_u = rng.integers(0, n_users, 3000)
     mask_i = rng.integers(0, n_items, 3000)
     mask = sp.csr_matrix((np.ones(3000, np.float32), (mask_u, mask_i)), shape=(n_users, n_items))
-    want = ev.evaluate_full(ue, ie, pairs, mask, (1, 10, 100), max_chunk_elems=n_users * n_items)
+    want = ev.evaluate_full((ue, ie), pairs, mask, (1, 10, 100), max_chunk_elems=n_users * n_items)
 
     sizes = []
     original = torch.Tensor.__matmul__
@@ -120,9 +120,9 @@ def test_full_ranking_never_builds_more_than_the_budget_and_matches_one_big_chun
         return out
 
     monkeypatch.setattr(torch.Tensor, "__matmul__", recording)
-    got = ev.evaluate_full(ue, ie, pairs, mask, (1, 10, 100), max_chunk_elems=budget)
+    got = ev.evaluate_full((ue, ie), pairs, mask, (1, 10, 100), max_chunk_elems=budget)
     monkeypatch.undo()
     assert got == want
     assert len(sizes) == -(-n_users // (budget // n_items)) and max(sizes) <= budget
     for tiny in (1, n_items - 1, n_items + 1):
-        assert ev.evaluate_full(ue, ie, pairs, mask, (1, 10, 100), max_chunk_elems=tiny) == want
+        assert ev.evaluate_full((ue, ie), pairs, mask, (1, 10, 100), max_chunk_elems=tiny) == want

@@ -179,7 +179,7 @@ def test_no_trial_reads_the_test_split(ds_dir, tmp_path, monkeypatch):
     scored: list[np.ndarray] = []
     real = trainer_mod.evaluate_sampled
     monkeypatch.setattr(trainer_mod, "evaluate_sampled",
-                        lambda u, i, pairs, *a, **k: scored.append(np.asarray(pairs)) or real(u, i, pairs, *a, **k))
+                        lambda scorer, pairs, *a, **k: scored.append(np.asarray(pairs)) or real(scorer, pairs, *a, **k))
     monkeypatch.setattr(trainer_mod, "evaluate", lambda *a, **k: pytest.fail("a trial evaluated a test split"))
     summary = cml_dgl.tune(ds_dir, tmp_path / "out", model="lightgcn", trials=2, startup_trials=0,
                            overrides={"epochs": 2, "backend": "torch", "batch_size": 256, "monitor": "test"})

@@ -34,7 +34,7 @@ def untrained_hr10(ds, activation, norm, tie_rule, seed=0):
     model = CML(ds.n_users, ds.n_items, ds.n_behaviors,
                 propagator_for_dataset(ds, backend="torch", norm=norm), activation=activation)
     user, item = model.embeddings()
-    return evaluate(ds, user, item, ks=(10,), tie_rule=tie_rule)[0]["metrics"]["hr@10"]
+    return evaluate(ds, (user, item), ks=(10,), tie_rule=tie_rule)[0]["metrics"]["hr@10"]
 
 
 def test_untrained_cml_is_near_chance_without_popularity():

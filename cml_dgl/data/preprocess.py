@@ -186,8 +186,11 @@ def _carve_rng(seed: int) -> np.random.Generator:
 
 def _from_published(source: sources.Source, path: Path, behaviors: Sequence[str] | None, valid: bool,
                     negatives: int, seed: int, held_out_auxiliary: str,
-                    options: dict[str, Any], step: _Steps) -> Dataset:
-    split = (adjacency_lists.read if source.name == "lists" else cml_pickle.read)(path, behaviors)
+                    options: dict[str, Any], step: _Steps, auxiliary_holdouts: bool = False) -> Dataset:
+    if source.name == "lists":
+        split = adjacency_lists.read(path, behaviors, auxiliary_holdouts=auxiliary_holdouts)
+    else:
+        split = cml_pickle.read(path, behaviors)
     step(STEPS[1])
     options["behaviors"] = list(split.behaviors)
     if not split.timed:
@@ -246,13 +249,14 @@ def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike,
                min_user_interactions: int = 1, min_item_interactions: int = 1, valid: bool = True,
                negatives: int = N_NEGATIVES, seed: int = DEFAULT_SEED, overwrite: bool = False,
                quiet: bool = False, block_bytes: int = DEFAULT_BLOCK_BYTES,
-               held_out_auxiliary: str = "auto") -> Path:
+               held_out_auxiliary: str = "auto", auxiliary_holdouts: bool = False) -> Path:
     """Turn ``input`` of ``source`` into a dataset directory at ``outdir``; returns its path.
 
     ``min_purchases`` defaults to the source's rule (taobao/tmall and ijcai15: 3, retailrocket and
     csv: 2); the interaction filters default to 1 (off). Filters do not apply to published splits
     (``cml-pickle``, ``lists``). ``held_out_auxiliary`` is ``auto`` or one of
-    :data:`cml_dgl.data.split.HELD_OUT_AUXILIARY` (module docstring).
+    :data:`cml_dgl.data.split.HELD_OUT_AUXILIARY` (module docstring). ``auxiliary_holdouts``
+    (``lists``, MB-CGCN's layout): the auxiliary behaviors' ``test.txt`` become training edges.
     An existing ``outdir`` is refused unless ``overwrite``. Raises CmlError on any bad input, and
     then leaves no ``outdir`` behind.
     """
@@ -268,6 +272,11 @@ def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike,
         "behaviors": list(behaviors or src.behaviors or ()), "valid": bool(valid),
         "negatives": int(negatives), "seed": int(seed), "held_out_auxiliary": held_out_auxiliary,
     }
+    if auxiliary_holdouts:
+        if src.name != "lists":
+            raise CmlError(f"--auxiliary-holdouts applies to the lists source only (MB-CGCN's per-behavior "
+                           f"test.txt files), not {src.name}")
+        options["auxiliary_holdouts"] = True
     if src.min_purchases is None and (min_purchases is not None or min_user_interactions != 1
                                       or min_item_interactions != 1):
         raise CmlError(f"{src.name} keeps a published split as it is: --min-purchases, "
@@ -275,7 +284,7 @@ def preprocess(source: str, input: str | os.PathLike, outdir: str | os.PathLike,
     with _Steps(quiet) as step:
         if src.min_purchases is None:
             ds = _from_published(src, path, behaviors, valid, negatives, seed, held_out_auxiliary, options,
-                                 step)
+                                 step, auxiliary_holdouts)
         else:
             mp = src.min_purchases if min_purchases is None else int(min_purchases)
             options.update(min_purchases=mp, min_user_interactions=int(min_user_interactions),

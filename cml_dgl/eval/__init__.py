@@ -1,6 +1,7 @@
 """Evaluation: rank metrics with explicit tie rules, sampled and full ranking protocols."""
 
 from cml_dgl.eval.evaluate import (
+    as_scorer,
     evaluate,
     evaluate_full,
     evaluate_sampled,
@@ -12,6 +13,7 @@ from cml_dgl.eval.metrics import TIE_RULES, metrics_from_bounds, per_user_metric
 
 __all__ = [
     "TIE_RULES",
+    "as_scorer",
     "evaluate",
     "evaluate_full",
     "evaluate_sampled",

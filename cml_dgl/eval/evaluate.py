@@ -1,7 +1,9 @@
 """Sampled (1 + stored negatives) and full (all items, training items masked) ranking evaluation.
 
-Scores are dot products ``s(u, i) = <user_emb[u], item_emb[i]>`` computed in float32 on the
-embeddings' device. Both protocols reduce each user to the pair ``(n_greater, n_tied)`` of
+What is ranked is a :class:`~cml_dgl.models.base.Scorer`: the score rows of a model, read in
+chunks of users (:func:`as_scorer` takes a model, a scorer, or a pair of embeddings, whose
+scores are the dot products ``s(u, i) = <user_emb[u], item_emb[i]>`` in float32 on the
+embeddings' device). Both protocols reduce each user to the pair ``(n_greater, n_tied)`` of
 :func:`cml_dgl.eval.metrics.positive_rank_bounds` and then apply one tie rule, so the metrics
 do not depend on how users are batched.
 
@@ -27,6 +29,7 @@ from tqdm import tqdm
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.metrics import check_ks, check_tie_rule, metrics_from_bounds, per_user_metrics
+from cml_dgl.models.base import Recommender, Scorer, embedding_scorer
 
 if TYPE_CHECKING:  # scipy is imported where a mask is built: training and sampled evaluation run without it
     import scipy.sparse as sp
@@ -40,18 +43,27 @@ DEFAULT_MAX_CHUNK_ELEMS = 1 << 25
 """Score entries per chunk (32 Mi float32 = 128 MiB, plus a bool temporary of 32 MiB)."""
 
 
-def _embeddings(user_emb: Any, item_emb: Any) -> tuple[torch.Tensor, torch.Tensor]:
-    u = user_emb.detach() if isinstance(user_emb, torch.Tensor) else torch.from_numpy(np.asarray(user_emb))
-    device = u.device
-    i = item_emb.detach() if isinstance(item_emb, torch.Tensor) else torch.from_numpy(np.asarray(item_emb))
-    u = u.to(dtype=torch.float32)
-    i = i.to(device=device, dtype=torch.float32)
-    if u.ndim != 2 or i.ndim != 2 or u.shape[1] != i.shape[1]:
-        raise CmlError(f"embeddings must be (users, d) and (items, d) with the same d, "
-                       f"got {tuple(u.shape)} and {tuple(i.shape)}")
-    if not (torch.isfinite(u).all() and torch.isfinite(i).all()):
-        raise CmlError("embeddings contain NaN or infinite values (did training diverge?)")
-    return u, i
+def as_scorer(source: Any) -> Scorer:
+    """What to rank: a :class:`~cml_dgl.models.base.Recommender` (its :meth:`scorer`, one encoder
+    pass; put it in eval mode first), a :class:`~cml_dgl.models.base.Scorer`, or a pair
+    ``(user_emb, item_emb)`` of tensors or arrays (validated, float32)."""
+    if isinstance(source, Recommender):
+        return source.scorer()
+    if isinstance(source, (tuple, list)):
+        if len(source) != 2:
+            raise CmlError(f"expected a model, a scorer or (user_emb, item_emb), got a sequence of {len(source)}")
+        return embedding_scorer(*source)
+    if all(hasattr(source, a) for a in ("n_users", "n_items", "score_users", "score", "entries_per_user")):
+        return source
+    raise CmlError(f"cannot rank with a {type(source).__name__}: expected a model, a scorer or (user_emb, item_emb)")
+
+
+def _finite_positives(pos: torch.Tensor, lo: int) -> None:
+    bad = ~torch.isfinite(pos.reshape(-1))
+    if bool(bad.any()):
+        row = lo + int(torch.nonzero(bad)[0, 0])
+        raise CmlError(f"the model scores pair {row}'s positive as {float(pos.reshape(-1)[row - lo])} "
+                       "(NaN or infinite scores: did training diverge?)")
 
 
 def _pairs(pairs: Any) -> np.ndarray:
@@ -72,26 +84,27 @@ def _chunk_rows(budget: int, row_elems: int) -> int:
     return max(1, budget // max(1, row_elems))
 
 
-def sampled_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, negatives: Any, *,
+def sampled_rank_bounds(scorer: Any, pairs: Any, negatives: Any, *,
                         max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> tuple[np.ndarray, np.ndarray]:
     """``(n_greater, n_tied)`` of each positive among its own row of ``negatives`` (n, m).
 
-    Users are batched so that a batch gathers at most ``max_chunk_elems`` embedding entries.
-    A negative equal to its row's positive is refused: it would tie with itself.
+    ``scorer``: see :func:`as_scorer`. Users are batched so that a batch holds at most
+    ``max_chunk_elems`` entries (embedding entries gathered, or score rows for models scored
+    row by row). A negative equal to its row's positive is refused: it would tie with itself.
     """
-    u_emb, i_emb = _embeddings(user_emb, item_emb)
+    scorer = as_scorer(scorer)
     pairs = _pairs(pairs)
     negs = np.asarray(negatives.cpu() if isinstance(negatives, torch.Tensor) else negatives)
     if negs.ndim != 2 or len(negs) != len(pairs) or negs.dtype.kind not in "iu":
         raise CmlError(f"negatives must be integer ids with one row per pair, got {negs.dtype} {negs.shape} "
                        f"for {len(pairs)} pairs")
-    _check_ids("pairs users", pairs[:, 0], u_emb.shape[0])
-    _check_ids("pairs items", pairs[:, 1], i_emb.shape[0])
-    _check_ids("negatives", negs, i_emb.shape[0])
-    step = _chunk_rows(max_chunk_elems, (negs.shape[1] + 1) * u_emb.shape[1])
+    _check_ids("pairs users", pairs[:, 0], scorer.n_users)
+    _check_ids("pairs items", pairs[:, 1], scorer.n_items)
+    _check_ids("negatives", negs, scorer.n_items)
+    step = _chunk_rows(max_chunk_elems, scorer.entries_per_user(negs.shape[1] + 1))
     g = np.empty(len(pairs), dtype=np.int64)
     t = np.empty(len(pairs), dtype=np.int64)
-    device = u_emb.device
+    device = scorer.device
     with torch.no_grad():
         for lo in range(0, len(pairs), step):
             hi = min(lo + step, len(pairs))
@@ -102,8 +115,9 @@ def sampled_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, negatives: Any
                 raise CmlError(f"negatives row {row} contains its own positive item {int(pairs[row, 1])}")
             users = torch.from_numpy(pairs[lo:hi, 0]).to(device)
             items = torch.from_numpy(cands).to(device)
-            scores = (i_emb[items] * u_emb[users].unsqueeze(1)).sum(-1)
+            scores = scorer.score(users, items)
             pos = scores[:, :1]
+            _finite_positives(pos, lo)
             g[lo:hi] = (scores[:, 1:] > pos).sum(1).cpu().numpy()
             t[lo:hi] = (scores[:, 1:] == pos).sum(1).cpu().numpy()
     return g, t
@@ -121,30 +135,30 @@ def _canonical_mask(mask_csr: Any, n_users: int, n_items: int) -> sp.csr_matrix:
     return m
 
 
-def full_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | None, *,
+def full_rank_bounds(scorer: Any, pairs: Any, mask_csr: Any | None, *,
                      max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS, progress: bool = False
                      ) -> tuple[np.ndarray, np.ndarray]:
     """``(n_greater, n_tied)`` of each positive among all items, less the user's masked items.
 
-    ``mask_csr``: users x items, its stored entries are the items excluded for that user (the
-    positive itself is never excluded); ``None`` masks nothing. Users are processed in chunks of
-    ``max(1, max_chunk_elems // n_items)`` rows, so no users x items matrix is ever allocated
-    (``progress``: a bar of the users ranked on stderr):
+    ``scorer``: see :func:`as_scorer`. ``mask_csr``: users x items, its stored entries are the
+    items excluded for that user (the positive itself is never excluded); ``None`` masks nothing.
+    Users are processed in chunks of ``max(1, max_chunk_elems // n_items)`` rows (the scorer's
+    score rows), so no users x items matrix is ever allocated (``progress``: a bar of the users
+    ranked on stderr):
 
         g_u = #{i : s(u,i) > s(u,p)} - #{i ∈ M_u \\ {p} : s(u,i) > s(u,p)}
         t_u = #{i : s(u,i) = s(u,p)} - 1 - #{i ∈ M_u \\ {p} : s(u,i) = s(u,p)}
     """
-    u_emb, i_emb = _embeddings(user_emb, item_emb)
+    scorer = as_scorer(scorer)
     pairs = _pairs(pairs)
-    n_users, n_items = u_emb.shape[0], i_emb.shape[0]
+    n_users, n_items = scorer.n_users, scorer.n_items
     _check_ids("pairs users", pairs[:, 0], n_users)
     _check_ids("pairs items", pairs[:, 1], n_items)
     mask = None if mask_csr is None else _canonical_mask(mask_csr, n_users, n_items)
     step = _chunk_rows(max_chunk_elems, n_items)
     g = np.empty(len(pairs), dtype=np.int64)
     t = np.empty(len(pairs), dtype=np.int64)
-    device = u_emb.device
-    item_t = i_emb.t()
+    device = scorer.device
     with torch.no_grad(), tqdm(total=len(pairs), unit="user", desc="full ranking", file=sys.stderr,
                                disable=not progress, leave=False, mininterval=0.5) as bar:
         for lo in range(0, len(pairs), step):
@@ -152,9 +166,10 @@ def full_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | N
             c = hi - lo
             users = pairs[lo:hi, 0]
             pos_items = pairs[lo:hi, 1]
-            scores = u_emb[torch.from_numpy(users).to(device)] @ item_t
+            scores = scorer.score_users(torch.from_numpy(users).to(device))
             rows_t = torch.arange(c, device=device)
             pos = scores[rows_t, torch.from_numpy(pos_items).to(device)].unsqueeze(1)
+            _finite_positives(pos, lo)
             greater = (scores > pos).sum(1)
             tied = (scores == pos).sum(1) - 1
             if mask is not None:
@@ -173,24 +188,23 @@ def full_rank_bounds(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | N
     return g, t
 
 
-def evaluate_sampled(user_emb: Any, item_emb: Any, pairs: Any, negatives: Any, ks: Sequence[int],
+def evaluate_sampled(scorer: Any, pairs: Any, negatives: Any, ks: Sequence[int],
                      tie_rule: str = "expected", seed: int = 0, *,
                      max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS) -> dict[str, float]:
     """Metrics of each positive ranked among its stored negatives (see :mod:`cml_dgl.eval.metrics`)."""
     ks = check_ks(ks)
     check_tie_rule(tie_rule)
-    g, t = sampled_rank_bounds(user_emb, item_emb, pairs, negatives, max_chunk_elems=max_chunk_elems)
+    g, t = sampled_rank_bounds(scorer, pairs, negatives, max_chunk_elems=max_chunk_elems)
     return metrics_from_bounds(g, t, ks, tie_rule, np.random.default_rng(seed))
 
 
-def evaluate_full(user_emb: Any, item_emb: Any, pairs: Any, mask_csr: Any | None, ks: Sequence[int],
+def evaluate_full(scorer: Any, pairs: Any, mask_csr: Any | None, ks: Sequence[int],
                   tie_rule: str = "expected", seed: int = 0, *,
                   max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS, progress: bool = False) -> dict[str, float]:
     """Metrics of each positive ranked among all items, the user's ``mask_csr`` items excluded."""
     ks = check_ks(ks)
     check_tie_rule(tie_rule)
-    g, t = full_rank_bounds(user_emb, item_emb, pairs, mask_csr, max_chunk_elems=max_chunk_elems,
-                            progress=progress)
+    g, t = full_rank_bounds(scorer, pairs, mask_csr, max_chunk_elems=max_chunk_elems, progress=progress)
     return metrics_from_bounds(g, t, ks, tie_rule, np.random.default_rng(seed))
 
 
@@ -245,12 +259,13 @@ def grouped_metrics(n_greater: np.ndarray, n_tied: np.ndarray, seen: np.ndarray,
     return metrics, groups
 
 
-def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", protocol: str = "sampled",
+def evaluate(ds: Dataset, scorer: Any, *, split: str = "test", protocol: str = "sampled",
              ks: Sequence[int] = (10, 20, 40), tie_rule: str = "expected", mask: str = "target",
              seed: int = 0, max_chunk_elems: int = DEFAULT_MAX_CHUNK_ELEMS,
              progress: bool = False) -> list[dict[str, Any]]:
-    """Evaluate embeddings on one split of ``ds``; one result dict per protocol (``progress``: the
-    full protocol shows a progress bar on stderr).
+    """Evaluate a model (or a scorer, or ``(user_emb, item_emb)``: see :func:`as_scorer`) on one
+    split of ``ds``; one result dict per protocol (``progress``: the full protocol shows a progress
+    bar on stderr).
 
     ``protocol``: ``sampled`` (positive vs ``<split>_negatives``), ``full`` (positive vs every item
     but the user's training items chosen by ``mask``) or ``both``. Each result is
@@ -269,20 +284,19 @@ def evaluate(ds: Dataset, user_emb: Any, item_emb: Any, *, split: str = "test", 
     if len(pairs) == 0:
         extra = "; it was made with --no-valid" if split == "valid" else ""
         raise CmlError(f"dataset has no {split} split{extra}")
-    n_users_emb = user_emb.shape[0]
-    n_items_emb = item_emb.shape[0]
-    if n_users_emb != ds.n_users or n_items_emb != ds.n_items:
-        raise CmlError(f"embeddings cover {n_users_emb} users / {n_items_emb} items, the dataset has "
+    scorer = as_scorer(scorer)
+    if scorer.n_users != ds.n_users or scorer.n_items != ds.n_items:
+        raise CmlError(f"the model scores {scorer.n_users} users / {scorer.n_items} items, the dataset has "
                        f"{ds.n_users} / {ds.n_items} (embeddings of another dataset?)")
     seen = seen_in_auxiliary(ds, pairs)
     results: list[dict[str, Any]] = []
     for proto in PROTOCOLS if protocol == "both" else (protocol,):
         if proto == "sampled":
-            g, t = sampled_rank_bounds(user_emb, item_emb, pairs, getattr(ds, f"{split}_negatives"),
+            g, t = sampled_rank_bounds(scorer, pairs, getattr(ds, f"{split}_negatives"),
                                        max_chunk_elems=max_chunk_elems)
             extra_fields: dict[str, Any] = {"n_negatives": int(getattr(ds, f"{split}_negatives").shape[1])}
         else:
-            g, t = full_rank_bounds(user_emb, item_emb, pairs, training_mask(ds, mask, split),
+            g, t = full_rank_bounds(scorer, pairs, training_mask(ds, mask, split),
                                     max_chunk_elems=max_chunk_elems, progress=progress)
             extra_fields = {"mask": mask}
         metrics, groups = grouped_metrics(g, t, seen, ks, tie_rule, seed)

@@ -23,7 +23,7 @@ import torch
 
 from cml_dgl.errors import CmlError
 from cml_dgl.models.base import Recommender
-from cml_dgl.models.baselines import MF, LightGCN, Popularity
+from cml_dgl.models.baselines import MF, CascadingRank, History, ItemKNN, LightGCN, Popularity
 from cml_dgl.models.cml import CML
 from cml_dgl.models.search_space import Choice, Distribution, IntRange, LogUniform
 
@@ -79,6 +79,12 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("lightgcn", LightGCN, "pair", "LightGCN on the purchase graph", search_space=_GRAPH_SPACE),
     ModelSpec("lightgcn-merged", LightGCN, "pair", "LightGCN on every behavior merged into one graph",
               options={"merged": True}, search_space=_GRAPH_SPACE),
+    ModelSpec("history", History, "none", "the user's own auxiliary-behavior items first (stronger behavior, "
+              "then more behaviors), then items by purchase popularity"),
+    ModelSpec("itemknn", ItemKNN, "none", "item-item cosine neighbours (shrunk, top-k per item) over every "
+              "behavior merged"),
+    ModelSpec("cascading-rank", CascadingRank, "none", "CascadingRank: random walks with restart on the "
+              "behavior graphs in cascade order, each restarting to the previous one's ranking"),
 )}
 
 MODELS: tuple[str, ...] = tuple(REGISTRY)

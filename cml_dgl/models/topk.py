@@ -47,7 +47,7 @@ def _excluded(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor) 
     return rows, indices[torch.repeat_interleave(lo, counts) + offset]
 
 
-def _exact_top(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+def exact_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows' top-k (items, scores): by score descending, equal scores by item id ascending.
 
     A tie crosses the cut exactly when the (k+1)-th best score equals the k-th: only those rows
@@ -115,7 +115,40 @@ def recommend_topk(user_emb: torch.Tensor, item_emb: torch.Tensor,
         if csr is not None:
             rows, cols = _excluded(*csr, u)
             scores[rows, cols] = float("-inf")
-        items, values = _exact_top(scores, kk)
+        items, values = exact_topk(scores, kk)
+        items[values == float("-inf")] = -1
+        items_out[start:start + step], scores_out[start:start + step] = items, values
+    return items_out, scores_out
+
+
+@torch.no_grad()
+def scorer_topk(scorer: Any, users: torch.Tensor | np.ndarray | Sequence[int], k: int, exclude: Any = None,
+                chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`recommend_topk` over the score rows of a :class:`~cml_dgl.models.base.Scorer`
+    (models whose scores are not embedding products: ItemKNN, CascadingRank, the history rule),
+    with the same ties, exclusions and output; its rows do not depend on the chunk by contract."""
+    n_users, n_items = scorer.n_users, scorer.n_items
+    if k < 1:
+        raise CmlError(f"-k must be positive, got {k}")
+    device = scorer.device
+    users = torch.as_tensor(np.asarray(users, dtype=np.int64) if not isinstance(users, torch.Tensor)
+                            else users, device=device).long().reshape(-1)
+    if users.numel() and (int(users.min()) < 0 or int(users.max()) >= n_users):
+        raise ValueError(f"users must lie in [0, {n_users})")
+    kk = min(k, n_items)
+    items_out = torch.full((len(users), kk), -1, dtype=torch.int64, device=device)
+    scores_out = torch.full((len(users), kk), float("-inf"), dtype=torch.float32, device=device)
+    if kk == 0 or len(users) == 0:
+        return items_out, scores_out
+    csr = _csr_parts(exclude, n_users, n_items, device) if exclude is not None else None
+    step = chunk or max(1, CHUNK_ENTRIES // n_items)
+    for start in range(0, len(users), step):
+        u = users[start:start + step]
+        scores = scorer.score_users(u).float()
+        if csr is not None:
+            rows, cols = _excluded(*csr, u)
+            scores[rows, cols] = float("-inf")
+        items, values = exact_topk(scores, kk)
         items[values == float("-inf")] = -1
         items_out[start:start + step], scores_out[start:start + step] = items, values
     return items_out, scores_out

@@ -44,10 +44,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "meta_users": ("auto", "rule"),
 }
 POSITIVE = ("dim", "batch_size", "meta_batch", "meta_samples", "cl_chunk", "opt_step_up",
-            "opt_step_down", "meta_step_up", "meta_step_down", "patience")
+            "opt_step_down", "meta_step_up", "meta_step_down", "patience", "knn_neighbors", "cascade_max_iter")
 NON_NEGATIVE = ("epochs", "n_layers", "reg", "beta", "grad_clip", "lr_clone", "opt_base_lr",
                 "opt_max_lr", "meta_opt_base_lr", "meta_opt_max_lr", "meta_dropout",
-                "opt_weight_decay", "meta_opt_weight_decay", "meta_gamma")
+                "opt_weight_decay", "meta_opt_weight_decay", "meta_gamma", "knn_shrink", "cascade_tolerance")
+UNIT = ("cascade_alpha", "cascade_beta")
 FRACTIONS = ("cl_sample_ratio",)  # in (0, 1]
 
 
@@ -197,6 +198,8 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
         raise CmlError(f"{where}: {key} must be positive, got {shown}")
     if key in NON_NEGATIVE and value < 0:
         raise CmlError(f"{where}: {key} must be >= 0, got {shown}")
+    if key in UNIT and not 0 <= value <= 1:
+        raise CmlError(f"{where}: {key} must be in [0, 1], got {shown}")
     if key in FRACTIONS and not 0 < value <= 1:
         raise CmlError(f"{where}: {key} must be in (0, 1], got {shown}")
     if key == "cl_temperature" and value <= 0:
@@ -272,6 +275,9 @@ def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
         _apply(cfg, layer, where)
     if cfg["opt_max_lr"] < cfg["opt_base_lr"] or cfg["meta_opt_max_lr"] < cfg["meta_opt_base_lr"]:
         raise CmlError("config: *_max_lr must be at least *_base_lr")
+    if cfg["cascade_alpha"] + cfg["cascade_beta"] > 1:
+        raise CmlError(f"config: cascade_alpha + cascade_beta must be at most 1 (their rest is the walk's weight), "
+                       f"got {cfg['cascade_alpha']} + {cfg['cascade_beta']}")
     k = int(cfg["monitor_metric"].split("@")[1])
     if k not in cfg["eval_ks"]:
         raise CmlError(f"config: eval_ks {cfg['eval_ks']} must include {k}, the cut-off of "

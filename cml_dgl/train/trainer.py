@@ -40,6 +40,7 @@ from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate, evaluate_sampled
 from cml_dgl.models import registry
+from cml_dgl.models.base import Scorer
 from cml_dgl.train import faults
 from cml_dgl.train.config import differences as config_differences
 from cml_dgl.train.config import dump
@@ -102,17 +103,17 @@ class Trainer:
         return self.strategy.steps_per_epoch()
 
     @torch.no_grad()
-    def embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+    def scorer(self) -> Scorer:
+        """The model's scores as it is now, computed in eval mode (one encoder pass)."""
         self.model.eval()
-        user, item = self.model.embeddings()
+        scorer = self.model.scorer()
         self.model.train()
-        return user, item
+        return scorer
 
     def test_groups(self) -> dict[str, Any]:
         """The seen / new users of the test split (:func:`cml_dgl.eval.evaluate.grouped_metrics`),
         sampled protocol, at the current weights."""
-        user, item = self.embeddings()
-        res = evaluate(self.ds, user, item, split="test", ks=self.cfg["eval_ks"], tie_rule=self.cfg["tie_rule"],
+        res = evaluate(self.ds, self.scorer(), split="test", ks=self.cfg["eval_ks"], tie_rule=self.cfg["tie_rule"],
                        seed=self.cfg["seed"])[0]
         return {name: {"n_users": g["n_users"],
                        "metrics": None if g["metrics"] is None else {k: round(v, 6) for k, v in g["metrics"].items()}}
@@ -121,8 +122,7 @@ class Trainer:
     def evaluate(self, split: str) -> dict[str, float]:
         pairs = self.ds.valid if split == "valid" else self.ds.test
         negs = self.ds.valid_negatives if split == "valid" else self.ds.test_negatives
-        user, item = self.embeddings()
-        res = evaluate_sampled(user, item, pairs, negs, self.cfg["eval_ks"],
+        res = evaluate_sampled(self.scorer(), pairs, negs, self.cfg["eval_ks"],
                                tie_rule=self.cfg["tie_rule"], seed=self.cfg["seed"])
         return {k: round(float(v), 6) for k, v in res.items()}
 

@@ -7,7 +7,9 @@ the same format); repeated entries collapse to one edge. Blank lines are skipped
 - ``mb-cgcn`` (MB-CGCN, CRGCN): one folder per behavior, ``<behavior>/train.txt``; the target's
   ``test.txt`` is the test split and its ``valid.txt`` or ``validation.txt``, when present, the
   validation split. The other behaviors' ``test.txt`` files are per-behavior holdouts (MB-CGCN
-  pre-trains on them), not targets, and are not read.
+  pre-trains on them), not targets, and are not read unless ``auxiliary_holdouts``: then each
+  one present becomes training edges of its behavior, as in CascadingRank's copy of MB-CGCN's
+  Tmall split (one ``user item`` pair per line, ids within the training files').
 - ``ghcf`` (GHCF, EHCF): one folder holding ``train.txt`` (the target's training edges), one
   ``<behavior>.txt`` per auxiliary behavior, ``test.txt`` and optionally ``valid.txt`` /
   ``validation.txt``.
@@ -256,10 +258,24 @@ def layout(folder: Path, behaviors: Sequence[str] | None = None) -> Layout:
                    f"target's {TEST}) or GHCF's ({TRAIN}, <behavior>.txt, {TEST})")
 
 
-def read(folder: str | os.PathLike, behaviors: Sequence[str] | None = None) -> PublishedSplit:
+def _holdout_files(d: Path, lay: Layout) -> dict[int, Path]:
+    """The auxiliary behaviors' ``test.txt`` files of an MB-CGCN folder, by behavior index."""
+    if lay.name != "mb-cgcn":
+        raise CmlError(f"{d}: --auxiliary-holdouts reads MB-CGCN's <behavior>/{TEST} files; GHCF's layout "
+                       "has no per-behavior holdouts")
+    found = {k: d / b / TEST for k, b in enumerate(lay.behaviors[:-1]) if (d / b / TEST).is_file()}
+    if not found:
+        raise CmlError(f"{d}: --auxiliary-holdouts: no auxiliary behavior has a {TEST} "
+                       f"(looked in {', '.join(b + '/' for b in lay.behaviors[:-1])})")
+    return found
+
+
+def read(folder: str | os.PathLike, behaviors: Sequence[str] | None = None,
+         auxiliary_holdouts: bool = False) -> PublishedSplit:
     """Load an adjacency-list split folder in either layout (rules in the module docstring)."""
     d = Path(folder)
     lay = layout(d, behaviors)
+    holdout_files = _holdout_files(d, lay) if auxiliary_holdouts else {}
     train = [parse(lay.train[b], "user item item ...") for b in lay.behaviors]
     n_users = int(max(e.user.max() for e in train)) + 1
     n_items = int(max(e.item.max() for e in train)) + 1
@@ -267,6 +283,12 @@ def read(folder: str | os.PathLike, behaviors: Sequence[str] | None = None) -> P
         raise CmlError(f"{d}: no training file uses user 0 or item 0; expected 0-based ids "
                        "(these look 1-based)")
     trains = "the training files"
+    holdouts = {k: parse(p, "user item", pairs_only=True) for k, p in holdout_files.items()}
+    for e in holdouts.values():
+        _in_range(e, n_users, n_items, trains)
+    train = [Entries(e.path, np.concatenate([e.user, holdouts[k].user]), np.concatenate([e.item, holdouts[k].item]),
+                     np.concatenate([e.line, holdouts[k].line])) if k in holdouts else e
+             for k, e in enumerate(train)]
     splits = {}
     for what, path in (("test", lay.test), ("validation", lay.valid)):
         if path is None:
@@ -294,9 +316,11 @@ def read(folder: str | os.PathLike, behaviors: Sequence[str] | None = None) -> P
     stats: dict[str, Any] = {
         "layout": lay.name,
         "files": [str(p.relative_to(d)) for p in
-                  [*lay.train.values(), lay.test] + ([lay.valid] if lay.valid else [])],
+                  [*lay.train.values(), lay.test] + ([lay.valid] if lay.valid else []) + list(holdout_files.values())],
         "duplicate_entries": int(sum(len(e.user) for e in train) - len(user)),
     }
+    if holdouts:
+        stats["auxiliary_holdouts"] = {lay.behaviors[k]: int(len(e.user)) for k, e in holdouts.items()}
     return PublishedSplit(behaviors=lay.behaviors, n_users=n_users, n_items=n_items, user=user,
                           item=item, behavior=beh, time=time, test=pairs["test"], meta_users=None,
                           valid=pairs.get("validation"), timed=False, stats=stats)
