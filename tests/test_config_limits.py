@@ -141,3 +141,12 @@ def test_seed_options_are_range_checked_by_click(ds_dir, tmp_path, args):
     assert res.exit_code == 2 and "Traceback" not in res.output + res.stderr
     assert "'--seed'" in res.stderr and "0<=x<=4294967295" in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("item, message", [
+    ("model=[cml]", "model must be a string"),           # unhashable: once a TypeError in the model-defaults layer
+    ("seed=!!timestamp x", "does not fit its tag"),      # PyYAML's timestamp constructor: AttributeError
+])
+def test_fuzzer_finds_after_the_baselines_keys_are_one_line_errors(item, message):
+    with pytest.raises(CmlError, match=message):
+        config.resolve(overrides=[item])

@@ -114,7 +114,7 @@ def assert_valid(cfg: dict) -> None:
             assert lo <= value <= hi, (key, value)
         elif isinstance(value, list):
             assert value and all(type(v) is int and 1 <= v <= config.EVAL_K_MAX for v in value), (key, value)
-        elif isinstance(value, str) and key != "device":
+        elif isinstance(value, str) and key in config.CHOICES and key != "device":
             assert value in config.CHOICES[key], (key, value)
     assert config.resolve(base=yaml.safe_load(config.dump(cfg))) == cfg
 

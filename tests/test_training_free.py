@@ -196,7 +196,7 @@ def test_the_cascade_carries_earlier_behaviors_into_the_target_only_through_beta
     (["cascade_alpha=0.6", "cascade_beta=0.5"], "cascade_alpha \\+ cascade_beta must be at most 1"),
     (["cascade_alpha=1.5"], "cascade_alpha must be in \\[0, 1\\]"),
     (["cascade_beta=-0.1"], "cascade_beta must be in \\[0, 1\\]"),
-    (["cascade_max_iter=0"], "cascade_max_iter must be an integer in \\[1, "),
+    (["cascade_max_iter=0"], "cascade_max_iter must be an integer in \\[1, 1000000\\]"),
     (["cascade_tolerance=-1.0"], "cascade_tolerance must be >= 0"),
     (["knn_neighbors=0"], "knn_neighbors must be an integer in \\[1, "),
     (["knn_shrink=-1.0"], "knn_shrink must be >= 0"),

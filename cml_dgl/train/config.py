@@ -60,7 +60,8 @@ INT_MAX = 2 ** 31 - 1  # every integer key, unless INT_RANGES says otherwise
 INT_RANGES: dict[str, tuple[int, int]] = {
     "seed": (0, SEED_MAX), "dim": (1, 4096), "n_layers": (0, 64), "epochs": (0, 1_000_000),
     "patience": (1, 1_000_000), "batch_size": (1, 1 << 24), "meta_batch": (1, 1 << 24),
-    "meta_samples": (1, 1 << 16), "cl_chunk": (1, 1 << 24),
+    "meta_samples": (1, 1 << 16), "cl_chunk": (1, 1 << 24), "knn_neighbors": (1, 1 << 24),
+    "cascade_max_iter": (1, 1_000_000),
     **{k: (1, 1_000_000) for k in ("opt_step_up", "opt_step_down", "meta_step_up", "meta_step_down")},
 }
 EVAL_K_MAX, EVAL_KS_MAX = 1 << 20, 64  # largest cut-off, most cut-offs
@@ -119,7 +120,8 @@ def _read_yaml(text: str, where: str) -> dict[str, Any]:
         data = yaml.load(text, Loader=_ConfigLoader)
     except yaml.YAMLError as e:
         raise CmlError(f"{where}: not valid YAML ({_yaml_problem(e)})") from None
-    except (ValueError, TypeError, OverflowError) as e:  # a tagged scalar that does not parse (!!int x)
+    except (ValueError, TypeError, OverflowError, AttributeError) as e:  # a tagged scalar that does not
+        # parse (!!int x; PyYAML's !!timestamp x fails with AttributeError)
         raise CmlError(f"{where}: not valid YAML (a value does not fit its tag: {quote(str(e))})") from None
     except RecursionError:  # belt and braces: MAX_DEPTH stops the composer long before this
         raise CmlError(f"{where}: not valid YAML (nested too deeply)") from None
@@ -269,7 +271,7 @@ def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
     model = cfg["model"]
     for layer, _ in layers:
         model = layer.get("model", model)
-    if base is None and model in REGISTRY:
+    if base is None and isinstance(model, str) and model in REGISTRY:
         _apply(cfg, dict(REGISTRY[model].defaults), f"model {model} defaults")
     for layer, where in layers:
         _apply(cfg, layer, where)
