@@ -235,34 +235,55 @@ class MetaStep(Strategy):
 
     def step(self, step: CMLStep, sums: dict[str, torch.Tensor], timer: Timer) -> None:
         """The three phases of one step (paper Alg. 1); adds the step's logged losses to ``sums``
-        as device tensors (no host sync)."""
+        as device tensors (no host sync).
+
+        The clone θ' starts equal to θ, so one forward pass of θ serves phase 1 (its gradients are
+        θ''s, moved to the clone) and phase 3, whose encoder output θ's phase-1 and phase-2 steps do
+        not change (θ does not move before phase 3; only φ does). Phase 2 steps φ alone, and φ's
+        gradient does not pass through the encoder, so θ' runs there without an autograd graph.
+        Both give the values of the plain three passes exactly. Under data parallelism phase 3 runs
+        through DDP, so phase 1 keeps its own forward pass there."""
         cfg, model = self.cfg, self.model
         t = time.perf_counter()
         use_meta = self.meta is not None
+        shared = not self.dist.enabled
+        out = model(item_behavior=False) if shared else None
         if use_meta:
             self.meta.train()
             clone = model.clone()
             clone_opt = torch.optim.AdamW(clone.parameters(), lr=cfg["lr_clone"],
                                           weight_decay=cfg["opt_weight_decay"])
-            obj, _ = clone.loss(CMLBatch(step.triples, step.cl_clone, "grad"))
+            batch = CMLBatch(step.triples, step.cl_clone, "grad")
             self.meta_opt.zero_grad(set_to_none=True)
-            obj.backward()
+            if shared:
+                obj, _ = model.objective(out, batch)
+                self.opt.zero_grad(set_to_none=True)
+                obj.backward(retain_graph=True)
+                for p, q in zip(model.parameters(), clone.parameters()):
+                    q.grad, p.grad = p.grad, None
+            else:
+                obj, _ = clone.loss(batch)
+                obj.backward()
             self.dist.all_reduce_grads(list(clone.parameters()) + list(self.meta.parameters()))
             if cfg["grad_clip"] > 0:
                 nn.utils.clip_grad_norm_(self.meta.parameters(), cfg["grad_clip"])
             self._clip_step(clone_opt, list(clone.parameters()))
             self.meta_opt.step()
             t = timer.tick("phase1_clone", t)
-            meta_obj, _ = clone.loss(CMLBatch(step.meta_triples, step.cl_meta, "grad"))
+            with torch.no_grad():
+                clone_out = clone(item_behavior=False)
+            meta_obj, _ = model.objective(clone_out, CMLBatch(step.meta_triples, step.cl_meta, "grad"))
             self.meta_opt.zero_grad(set_to_none=True)
-            (0.5 * meta_obj).backward()
+            if meta_obj.requires_grad:
+                (0.5 * meta_obj).backward()
             self.dist.all_reduce_grads(self.meta.parameters())
             self._clip_step(self.meta_opt, list(self.meta.parameters()))
             _accumulate(sums, "meta", meta_obj.detach().double())
-            del clone, clone_opt
+            del clone, clone_opt, clone_out
             t = timer.tick("phase2_meta", t)
-        obj, logs = model.objective(self.main_forward(item_behavior=False),
-                                    CMLBatch(step.triples, step.cl_main, "nograd" if use_meta else "none"))
+        if out is None:
+            out = self.main_forward(item_behavior=False)
+        obj, logs = model.objective(out, CMLBatch(step.triples, step.cl_main, "nograd" if use_meta else "none"))
         self.opt.zero_grad(set_to_none=True)
         obj.backward()
         self._clip_step(self.opt, list(model.parameters()))
