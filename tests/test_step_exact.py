@@ -4,6 +4,8 @@
   autograd graph; ``plain_step`` below is the step written out as three full passes, each with its
   own graph (the code before the shortcut). Same seed, same draws: the losses, metrics, parameters
   and optimiser states must be bitwise equal.
+* The torch backend's products (32-bit indices, an uninitialised output) equal
+  ``torch.sparse.mm`` on 64-bit CSR matrices bitwise, forward and backward.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import pytest
 import torch
 from torch import nn
 
-from cml_dgl.graph.backends import resolve_backend
+from cml_dgl.graph.backends import TorchPropagator, resolve_backend
+from cml_dgl.graph.build import prepare_relations
 from cml_dgl.models.cml_loss import CMLBatch
 from cml_dgl.train import config
 from cml_dgl.train.strategies import _accumulate
@@ -106,3 +109,29 @@ def test_the_step_equals_three_plain_passes(tmp_path, backend, presets, override
         assert torch.equal(sa[key], sb[key]), key
     other = _train(ds, tmp_path / "other", ov + ["seed=9"], presets)
     assert not torch.equal(_state(other)["model.user_emb"], sa["model.user_emb"]), "the comparison can fail"
+
+
+def _dense_int64_reference(m: torch.Tensor) -> torch.Tensor:
+    return torch.sparse_csr_tensor(m.crow_indices().long(), m.col_indices().long(), m.values(), m.shape)
+
+
+@pytest.mark.parametrize("norm", ["sym", "none"])
+def test_torch_products_equal_sparse_mm_on_64_bit_csr(norm):
+    ds = make_tiny_dataset(n_users=70, n_items=90, seed=2, density=0.4)
+    rel = prepare_relations(ds.n_users, ds.n_items, [ds.edges(k) for k in range(ds.n_behaviors)])
+    prop = TorchPropagator(rel, norm, torch.device("cpu"))
+    mats = prop._matrices(torch.float32)
+    assert all(m.col_indices().dtype == torch.int32 for m in mats.values())
+    g = torch.Generator().manual_seed(0)
+    hu = torch.randn(ds.n_users, 16, generator=g, requires_grad=True)
+    hi = torch.randn(ds.n_items, 16, generator=g, requires_grad=True)
+    pu, pi = prop(hu, hi)
+    wu, wi = torch.randn(pu.shape, generator=g), torch.randn(pi.shape, generator=g)
+    ((pu * wu).sum() + (pi * wi).sum()).backward()
+    ref = {k: _dense_int64_reference(m) for k, m in mats.items()}
+    K = ds.n_behaviors
+    assert torch.equal(pu, torch.sparse.mm(ref["ui"], hi.detach()).view(K, ds.n_users, -1))
+    assert torch.equal(pi, torch.sparse.mm(ref["iu"], hu.detach()).view(K, ds.n_items, -1))
+    assert torch.equal(hi.grad, torch.sparse.mm(ref["ui_t"], wu.reshape(-1, 16)))
+    assert torch.equal(hu.grad, torch.sparse.mm(ref["iu_t"], wi.reshape(-1, 16)))
+    assert pu.abs().sum() > 0 and hu.grad.abs().sum() > 0

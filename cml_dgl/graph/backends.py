@@ -104,17 +104,24 @@ def resolve_backend(backend: str, device: str | torch.device) -> str:
     return "torch"
 
 
+def _spmm(m: Tensor, x: Tensor) -> Tensor:
+    """``m @ x`` for a CSR ``m``, written into a fresh uninitialised output (``beta=0`` ignores its
+    contents): the same values as ``torch.sparse.mm``, without its zero fill and result copy."""
+    out = x.new_empty(m.shape[0], x.shape[1])
+    return torch.addmm(out, m, x, beta=0, out=out)
+
+
 class _StackedSpMM(torch.autograd.Function):
     """y = M x for a sparse constant M, with dx = M^T dy from a precomputed sparse M^T."""
 
     @staticmethod
     def forward(ctx, m: Tensor, m_t: Tensor, x: Tensor) -> Tensor:  # noqa: D102
         ctx.m_t = m_t
-        return torch.sparse.mm(m, x)
+        return _spmm(m, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
-        return None, None, torch.sparse.mm(ctx.m_t, grad.contiguous())
+        return None, None, _spmm(ctx.m_t, grad.contiguous())
 
 
 class TorchPropagator:

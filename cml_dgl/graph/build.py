@@ -98,13 +98,15 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int,
     rows, cols, vals = rows[order], cols[order], vals[order]
     crow = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=crow[1:])
+    # 32-bit indices where they fit: the CPU kernel otherwise converts them to 32 bits at every product
+    index = np.int32 if max(shape[0], shape[1], len(cols)) < 2 ** 31 else np.int64
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         # torch.from_numpy gives an empty array stride 0, which the invariant check refuses
         col_t, val_t = (torch.from_numpy(x) if len(x) else torch.from_numpy(x).new_zeros(0)
-                        for x in (cols.astype(np.int64), vals))
-        return torch.sparse_csr_tensor(torch.from_numpy(crow), col_t, val_t, size=shape, dtype=dtype,
-                                       check_invariants=True).to(device)
+                        for x in (cols.astype(index), vals))
+        return torch.sparse_csr_tensor(torch.from_numpy(crow.astype(index)), col_t, val_t, size=shape,
+                                       dtype=dtype, check_invariants=True).to(device)
 
 
 def stacked_adjacency(rel: Relations, norm: str, dtype: torch.dtype = torch.float32,
