@@ -17,18 +17,44 @@ def shared_data() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
-def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
-    """Preprocess the published Retailrocket split (cached in ``workdir``) and return its path."""
-    src = shared_data() / "retailrocket"
+def published_dataset(name: str, valid: bool, workdir: Path | None = None) -> Path:
+    """Preprocess the published split ``name`` (``retailrocket`` or ``ijcai15`` under the shared
+    data; cached in ``workdir``) and return its path."""
+    src = shared_data() / name
     if not src.is_dir():
-        sys.exit(f"bench: {src} not found; set CML_SHARED_DATA to the folder holding retailrocket/")
+        sys.exit(f"bench: {src} not found; set CML_SHARED_DATA to the folder holding {name}/")
     base = workdir or Path(tempfile.gettempdir()) / "cml-bench"
-    out = base / ("retailrocket" if valid else "retailrocket-novalid")
+    out = base / (name if valid else f"{name}-novalid")
     if not (out / "meta.json").is_file():
         base.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cml_dgl_cli", "preprocess", "cml-pickle", str(src), "-o", str(out),
                "--quiet", "--overwrite"] + ([] if valid else ["--no-valid"])
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=sys.stderr)
+    return out
+
+
+def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
+    """The published Retailrocket split (see :func:`published_dataset`)."""
+    return published_dataset("retailrocket", valid, workdir)
+
+
+def set_threads(n: int) -> dict[str, int]:
+    """Use ``n`` threads in torch, in DGL's own OpenMP runtime (when DGL imports) and in the
+    subprocesses this process starts; returns what each reports."""
+    import torch
+
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    torch.set_num_threads(n)
+    out = {"torch": torch.get_num_threads()}
+    try:
+        from cml_dgl.graph.build import import_dgl
+
+        dgl = import_dgl()
+        dgl.utils.set_num_threads(n)
+        out["dgl"] = int(dgl.utils.get_num_threads())
+    except Exception:  # noqa: BLE001  (no DGL: nothing to set)
+        pass
     return out
 
 
