@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from cml_dgl.models.losses import bpr_loss, contrastive_loss
+from cml_dgl.models.losses import bpr_loss, contrastive_log_mask, contrastive_loss
 
 WEIGHINGS = ("grad", "nograd", "none")
 
@@ -91,12 +91,14 @@ class CMLObjective:
         if cfg["variant"] != "no-cl" and cfg["beta"] > 0 and len(s) >= 2 and cl_behaviors:
             anchor = _rows(out.user_beh[K - 1], s)
             fused = _rows(out.user, s) if meta is not None else None
+            mask = contrastive_log_mask(len(s), s, variant=cfg["cl_variant"], chunk_size=cfg["cl_chunk"],
+                                        dtype=anchor.dtype, device=anchor.device)
             cl_sum = out.user.new_zeros(())
             for k in cl_behaviors:
                 view = _rows(out.user_beh[k], s)
                 loss = contrastive_loss(anchor, view, temperature=cfg["cl_temperature"],
                                         similarity=cfg["cl_similarity"], variant=cfg["cl_variant"],
-                                        chunk_size=cfg["cl_chunk"], users=s)
+                                        chunk_size=cfg["cl_chunk"], users=s, log_mask=mask)
                 if meta is not None:
                     w = self._weights(meta.cl_weights, loss, view, fused, k, weigh)
                     loss = w * loss
