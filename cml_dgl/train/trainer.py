@@ -31,6 +31,7 @@ from tqdm import tqdm
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate_sampled
+from cml_dgl.heap import retain_freed_memory
 from cml_dgl.models import registry
 from cml_dgl.train import faults
 from cml_dgl.train.config import differences as config_differences
@@ -65,6 +66,7 @@ class Trainer:
                            "no user has a second purchase to hold out); "
                            "train with --monitor test (the paper's protocol) or re-run preprocess")
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg["device"])
+        retain_freed_memory()  # steps reuse the pages of their large tensors (cml_dgl.heap)
         torch.manual_seed(cfg["seed"])
         spec = registry.spec(cfg["model"])
         self.model = spec.build(ds, cfg, self.device)
