@@ -38,46 +38,14 @@ def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
     return published_dataset("retailrocket", valid, workdir)
 
 
-def set_threads(n: int) -> dict[str, int]:
-    """Use ``n`` threads in torch, in DGL's own OpenMP runtime (when DGL imports) and in the
-    subprocesses this process starts; returns what each reports."""
-    import torch
+def set_threads(n: int) -> int:
+    """Use ``n`` threads in torch (the DGL backend follows torch's count) and in the subprocesses
+    this process starts (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``); returns torch's count."""
+    from cml_dgl.threads import set_threads as set_torch_threads
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[var] = str(n)
-    torch.set_num_threads(n)
-    out = {"torch": torch.get_num_threads()}
-    try:
-        from cml_dgl.graph.build import import_dgl
-
-        dgl = import_dgl()
-        dgl.utils.set_num_threads(n)
-        out["dgl"] = int(dgl.utils.get_num_threads())
-    except Exception:  # noqa: BLE001  (no DGL: nothing to set)
-        pass
-    return out
-
-
-def add_threads_arg(ap) -> None:
-    """``--threads N``: torch's CPU threads for this benchmark (and, through CML_THREADS, the
-    commands it starts); default one per core."""
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: $CML_THREADS, else one per core); printed")
-
-
-def apply_threads(n: int | None) -> int:
-    """Set the benchmark's threads explicitly (``n``, else CML_THREADS, else torch's default: one
-    per core, or OMP_NUM_THREADS), export them to child processes as CML_THREADS and print them on
-    stderr; returns the count."""
-    sys.path.insert(0, str(ROOT))
-    import torch
-
-    from cml_dgl.threads import ENV, set_threads, threads_from_env
-
-    used = set_threads(n or threads_from_env() or torch.get_num_threads())
-    os.environ[ENV] = str(used)
-    print(f"bench: {used} torch threads on {os.cpu_count()} cores (--threads / {ENV})", file=sys.stderr, flush=True)
-    return used
+    return set_torch_threads(n)
 
 
 def peak_rss_gb() -> float:

@@ -80,7 +80,7 @@ def main() -> None:
         print(json.dumps(res, sort_keys=True))
     else:
         phases = ", ".join(f"{k} {v:.4f}" for k, v in res["cpu_s_per_phase_mean"].items())
-        print(f"{args.dataset} ({res['backend']}, threads {threads}): {res['cpu_s_per_step_median']:.4f} CPU s/step "
+        print(f"{args.dataset} ({res['backend']}, {threads} threads): {res['cpu_s_per_step_median']:.4f} CPU s/step "
               f"(median of {args.steps}; min {res['cpu_s_per_step_min']:.4f}) [{phases}]")
     if args.profile:
         print(table, file=sys.stderr if args.json else sys.stdout)

@@ -167,6 +167,7 @@ class DGLPropagator:
         self.n_users, self.n_items, self.n_behaviors = rel.n_users, rel.n_items, rel.n_relations
         self.names, self.norm, self.device = rel.names, norm, torch.device("cpu")
         self.n_edges = rel.n_edges()
+        self._set_threads, self._threads = import_dgl().utils.set_num_threads, None
         self.graph = build_heterograph(rel)
         mods = {et: _NormalisedSum(self.graph[src, et, dst], norm) for src, et, dst in self.graph.canonical_etypes}
         # HeteroGraphConv visits relations in g.canonical_etypes order (sorted by DGL); stack in ours.
@@ -177,8 +178,17 @@ class DGLPropagator:
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         _check_inputs(self, h_user, h_item)
+        self._follow_torch_threads()
         out = self.conv(self.graph, {USER: h_user, ITEM: h_item})
         return out[USER], out[ITEM]
+
+    def _follow_torch_threads(self) -> None:
+        """DGL's kernels run on their own OpenMP runtime (the system libgomp, not torch's), whose
+        thread count ``torch.set_num_threads`` (``--threads``) does not reach: give it torch's."""
+        n = torch.get_num_threads()
+        if n != self._threads:
+            self._set_threads(n)
+            self._threads = n
 
     def __repr__(self) -> str:
         return f"DGLPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r})"
