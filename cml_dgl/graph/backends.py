@@ -39,6 +39,7 @@ from cml_dgl.graph.build import (
     Relations,
     build_heterograph,
     import_dgl,
+    mean_item_adjacency,
     prepare_relations,
     stacked_adjacency,
 )
@@ -61,6 +62,19 @@ class Propagator(Protocol):
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         """P_user[k] = Â_k @ h_item (K,U,d) and P_item[k] = Â_k^T @ h_user (K,I,d), for every relation k."""
+        ...
+
+    def user_side(self, h_item: Tensor) -> Tensor:
+        """P_user alone (K,U,d), bitwise the first output of the call."""
+        ...
+
+    def item_side(self, h_user: Tensor) -> Tensor:
+        """P_item alone (K,I,d), bitwise the second output of the call."""
+        ...
+
+    def item_mean(self, h_user: Tensor) -> Tensor:
+        """mean_k P_item[k] (I,d) as one product with Ā^T = (1/K) Σ_k Â_k^T: the same sum in
+        another order, so equal to ``P_item.mean(0)`` up to float rounding."""
         ...
 
 
@@ -134,7 +148,7 @@ class TorchPropagator:
         self.names, self.norm, self.device = rel.names, norm, device
         self.n_edges = rel.n_edges()
         self._rel = rel
-        self._mats: dict[torch.dtype, dict[str, Tensor]] = {
+        self._mats: dict[object, dict[str, Tensor]] = {
             torch.float32: stacked_adjacency(rel, norm, torch.float32, device)}
 
     def _matrices(self, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -144,11 +158,30 @@ class TorchPropagator:
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         _check_inputs(self, h_user, h_item)
+        return self._users(h_item), self._items(h_user)
+
+    def user_side(self, h_item: Tensor) -> Tensor:
+        _check_side(self, "item", h_item)
+        return self._users(h_item)
+
+    def item_side(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        return self._items(h_user)
+
+    def item_mean(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        if (h_user.dtype, "mean") not in self._mats:
+            self._mats[(h_user.dtype, "mean")] = mean_item_adjacency(self._rel, self.norm, h_user.dtype, self.device)
+        m = self._mats[(h_user.dtype, "mean")]
+        return _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous())
+
+    def _users(self, h_item: Tensor) -> Tensor:
         m = self._matrices(h_item.dtype)
-        K, U, I = self.n_behaviors, self.n_users, self.n_items
-        p_user = _StackedSpMM.apply(m["ui"], m["ui_t"], h_item.contiguous()).view(K, U, -1)
-        p_item = _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous()).view(K, I, -1)
-        return p_user, p_item
+        return _StackedSpMM.apply(m["ui"], m["ui_t"], h_item.contiguous()).view(self.n_behaviors, self.n_users, -1)
+
+    def _items(self, h_user: Tensor) -> Tensor:
+        m = self._matrices(h_user.dtype)
+        return _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous()).view(self.n_behaviors, self.n_items, -1)
 
     def __repr__(self) -> str:
         return (f"TorchPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r}, "
@@ -175,12 +208,41 @@ class DGLPropagator:
         want = {ITEM: list(rel.names), USER: [REVERSE_PREFIX + n for n in rel.names]}
         self.conv = HeteroGraphConv(mods, aggregate=_StackInOrder(
             {nt: [dst_order[nt].index(et) for et in want[nt]] for nt in (USER, ITEM)}))
+        self._dst_etypes = dst_order
+        self._rel, self._mean = rel, {}
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         _check_inputs(self, h_user, h_item)
         self._follow_torch_threads()
         out = self.conv(self.graph, {USER: h_user, ITEM: h_item})
         return out[USER], out[ITEM]
+
+    def user_side(self, h_item: Tensor) -> Tensor:
+        _check_side(self, "item", h_item)
+        self._follow_torch_threads()
+        return self._side(USER, h_item)
+
+    def item_side(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        self._follow_torch_threads()
+        return self._side(ITEM, h_user)
+
+    def item_mean(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        self._follow_torch_threads()
+        # DGL 2.1's weighted SpMM (u_mul_e_sum) has no fast CPU kernel (about 12x its copy_u_sum at
+        # IJCAI-15 size): the merged product is the torch backend's CSR product
+        if (h_user.dtype, "mean") not in self._mean:
+            self._mean[(h_user.dtype, "mean")] = mean_item_adjacency(self._rel, self.norm, h_user.dtype, self.device)
+        m = self._mean[(h_user.dtype, "mean")]
+        return _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous())
+
+    def _side(self, dst: str, h_src: Tensor) -> Tensor:
+        """The relation modules of one destination type, run as HeteroGraphConv runs them, stacked
+        as its aggregate stacks them."""
+        src = ITEM if dst == USER else USER
+        outs = [self.conv.mods[et](self.graph[src, et, dst], (h_src, None)) for et in self._dst_etypes[dst]]
+        return self.conv.agg_fn(outs, dst)
 
     def _follow_torch_threads(self) -> None:
         """DGL's kernels run on their own OpenMP runtime (the system libgomp, not torch's), whose
@@ -232,6 +294,15 @@ class _StackInOrder:
 
     def __call__(self, tensors: list[Tensor], dsttype: str) -> Tensor:
         return torch.stack([tensors[j] for j in self.order[dsttype]], 0)
+
+
+def _check_side(p, side: str, h: Tensor) -> None:
+    n = p.n_users if side == "user" else p.n_items
+    if h.dim() != 2 or h.shape[0] != n:
+        raise CmlError(f"propagator expects {side} features of shape ({n}, d), got {tuple(h.shape)}")
+    if not same_device(h.device, p.device):
+        raise CmlError(f"{side} features on {h.device} but the {p.backend} propagator is on {p.device}; "
+                       f"build it with device={h.device}")
 
 
 def _check_inputs(p, h_user: Tensor, h_item: Tensor) -> None:
