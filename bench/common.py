@@ -17,41 +17,35 @@ def shared_data() -> Path:
     return Path(env) if env else ROOT.parent / "shared" / "data"
 
 
-def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
-    """Preprocess the published Retailrocket split (cached in ``workdir``) and return its path."""
-    src = shared_data() / "retailrocket"
+def published_dataset(name: str, valid: bool, workdir: Path | None = None) -> Path:
+    """Preprocess the published split ``name`` (``retailrocket`` or ``ijcai15`` under the shared
+    data; cached in ``workdir``) and return its path."""
+    src = shared_data() / name
     if not src.is_dir():
-        sys.exit(f"bench: {src} not found; set CML_SHARED_DATA to the folder holding retailrocket/")
+        sys.exit(f"bench: {src} not found; set CML_SHARED_DATA to the folder holding {name}/")
     base = workdir or Path(tempfile.gettempdir()) / "cml-bench"
-    out = base / ("retailrocket" if valid else "retailrocket-novalid")
+    out = base / (name if valid else f"{name}-novalid")
     if not (out / "meta.json").is_file():
         base.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cml_dgl_cli", "preprocess", "cml-pickle", str(src), "-o", str(out),
                "--quiet", "--overwrite"] + ([] if valid else ["--no-valid"])
-        subprocess.run(cmd, check=True, cwd=ROOT)
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=sys.stderr)
     return out
 
 
-def add_threads_arg(ap) -> None:
-    """``--threads N``: torch's CPU threads for this benchmark (and, through CML_THREADS, the
-    commands it starts); default one per core."""
-    ap.add_argument("--threads", type=int, default=None,
-                    help="torch CPU threads (default: $CML_THREADS, else one per core); printed")
+def retailrocket_dataset(valid: bool, workdir: Path | None = None) -> Path:
+    """The published Retailrocket split (see :func:`published_dataset`)."""
+    return published_dataset("retailrocket", valid, workdir)
 
 
-def apply_threads(n: int | None) -> int:
-    """Set the benchmark's threads explicitly (``n``, else CML_THREADS, else torch's default: one
-    per core, or OMP_NUM_THREADS), export them to child processes as CML_THREADS and print them on
-    stderr; returns the count."""
-    sys.path.insert(0, str(ROOT))
-    import torch
+def set_threads(n: int) -> int:
+    """Use ``n`` threads in torch (the DGL backend follows torch's count) and in the subprocesses
+    this process starts (``OMP_NUM_THREADS``, ``MKL_NUM_THREADS``); returns torch's count."""
+    from cml_dgl.threads import set_threads as set_torch_threads
 
-    from cml_dgl.threads import ENV, set_threads, threads_from_env
-
-    used = set_threads(n or threads_from_env() or torch.get_num_threads())
-    os.environ[ENV] = str(used)
-    print(f"bench: {used} torch threads on {os.cpu_count()} cores (--threads / {ENV})", file=sys.stderr, flush=True)
-    return used
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[var] = str(n)
+    return set_torch_threads(n)
 
 
 def tmall_mbcgcn_dataset(holdouts: bool, workdir: Path | None = None) -> Path:

@@ -158,6 +158,25 @@ def test_dgl_backend_repeated_calls_leave_inputs_and_results_unchanged():
     assert torch.equal(h_user.detach(), saved[0]) and torch.equal(h_item.detach(), saved[1])
 
 
+def test_dgl_backend_computes_with_torchs_thread_count():
+    """DGL's kernels run on the system libgomp, which torch.set_num_threads does not reach; the
+    propagator hands DGL torch's count at every call."""
+    import dgl
+
+    _, n_users, n_items, edges, names = GRAPHS[1]
+    prop = build_propagator(n_users, n_items, edges, backend="dgl", norm="sym", names=names)
+    h_user, h_item = torch.randn(n_users, 2), torch.randn(n_items, 2)
+    before = torch.get_num_threads()
+    try:
+        for n in (2, 1, 3):
+            torch.set_num_threads(n)
+            prop(h_user, h_item)
+            assert dgl.utils.get_num_threads() == n
+    finally:
+        torch.set_num_threads(before)
+        dgl.utils.set_num_threads(before)
+
+
 @pytest.mark.parametrize("norm", NORMS)
 def test_dgl_backend_is_heterograph_conv_over_the_behavior_relations(norm):
     """The product's contract: a heterograph of users, items and the behavior relations (and their

@@ -9,6 +9,7 @@ import torch
 
 from cml_dgl.errors import CmlError
 from cml_dgl.models import MetaWeightNet, bpr_loss, contrastive_loss
+from cml_dgl.models.losses import contrastive_log_mask
 
 
 def test_bpr_matches_formula_and_is_stable():
@@ -78,6 +79,44 @@ def test_contrastive_official_matches_loop(similarity, chunk_size):
     got = contrastive_loss(za[idx], zv[idx], temperature=5.0, similarity=similarity, variant="official",
                            chunk_size=chunk_size, users=idx)
     torch.testing.assert_close(got, _loop_official(za, zv, USERS, 5.0, similarity, chunk_size))
+
+
+def _masked_fill_form(anchor, view, tau, variant, chunk_size, users):
+    """The loss as written before the additive mask: logits masked with -inf."""
+    from cml_dgl.models.losses import _LOG_EPS, _official_negatives
+
+    n = anchor.shape[0]
+    logits = (anchor @ view.T) / tau
+    pos = logits.diagonal()
+    if variant == "paper":
+        same = users[:, None] == users[None, :]
+        same.fill_diagonal_(False)
+        return torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1) - pos
+    neg = _official_negatives(users, chunk_size)
+    log_neg = torch.logsumexp(torch.cat([logits.masked_fill(~neg, float("-inf")),
+                                         logits.new_full((n, 1), _LOG_EPS)], 1), dim=1)
+    return -torch.logaddexp(pos - log_neg, torch.full_like(pos, _LOG_EPS))
+
+
+@pytest.mark.parametrize("variant, chunk_size", [("paper", None), ("official", 1), ("official", 3)])
+def test_the_additive_mask_gives_the_masked_losses_and_gradients_bitwise(variant, chunk_size):
+    """One mask per contrast sample, shared by its views (issue 16), changes no bit."""
+    g = torch.Generator().manual_seed(4)
+    users = torch.randint(0, 40, (120,), generator=g)
+    a, v = (torch.randn(120, 16, generator=g, requires_grad=True) for _ in range(2))
+    w = torch.randn(120, generator=g)
+    mask = contrastive_log_mask(120, users, variant=variant, chunk_size=chunk_size)
+    got = contrastive_loss(a, v, temperature=16.0, variant=variant, chunk_size=chunk_size, users=users,
+                           log_mask=mask)
+    grads = torch.autograd.grad((got * w).sum(), (a, v))
+    want = _masked_fill_form(a, v, 16.0, variant, chunk_size or 1, users)
+    want_grads = torch.autograd.grad((want * w).sum(), (a, v))
+    assert torch.equal(got, want) and all(torch.equal(x, y) for x, y in zip(grads, want_grads))
+    assert torch.isinf(mask).any() and (mask == 0).any()
+    assert torch.equal(contrastive_loss(a, v, temperature=16.0, variant=variant, chunk_size=chunk_size,
+                                        users=users), got)
+    with pytest.raises(CmlError, match="log_mask must have shape"):
+        contrastive_loss(a, v, temperature=16.0, variant=variant, users=users, log_mask=mask[:5])
 
 
 def test_official_without_negatives_is_the_codes_unbounded_value():

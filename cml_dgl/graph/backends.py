@@ -39,6 +39,7 @@ from cml_dgl.graph.build import (
     Relations,
     build_heterograph,
     import_dgl,
+    mean_item_adjacency,
     prepare_relations,
     stacked_adjacency,
 )
@@ -61,6 +62,19 @@ class Propagator(Protocol):
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         """P_user[k] = Â_k @ h_item (K,U,d) and P_item[k] = Â_k^T @ h_user (K,I,d), for every relation k."""
+        ...
+
+    def user_side(self, h_item: Tensor) -> Tensor:
+        """P_user alone (K,U,d), bitwise the first output of the call."""
+        ...
+
+    def item_side(self, h_user: Tensor) -> Tensor:
+        """P_item alone (K,I,d), bitwise the second output of the call."""
+        ...
+
+    def item_mean(self, h_user: Tensor) -> Tensor:
+        """mean_k P_item[k] (I,d) as one product with Ā^T = (1/K) Σ_k Â_k^T: the same sum in
+        another order, so equal to ``P_item.mean(0)`` up to float rounding."""
         ...
 
 
@@ -104,17 +118,24 @@ def resolve_backend(backend: str, device: str | torch.device) -> str:
     return "torch"
 
 
+def _spmm(m: Tensor, x: Tensor) -> Tensor:
+    """``m @ x`` for a CSR ``m``, written into a fresh uninitialised output (``beta=0`` ignores its
+    contents): the same values as ``torch.sparse.mm``, without its zero fill and result copy."""
+    out = x.new_empty(m.shape[0], x.shape[1])
+    return torch.addmm(out, m, x, beta=0, out=out)
+
+
 class _StackedSpMM(torch.autograd.Function):
     """y = M x for a sparse constant M, with dx = M^T dy from a precomputed sparse M^T."""
 
     @staticmethod
     def forward(ctx, m: Tensor, m_t: Tensor, x: Tensor) -> Tensor:  # noqa: D102
         ctx.m_t = m_t
-        return torch.sparse.mm(m, x)
+        return _spmm(m, x)
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
-        return None, None, torch.sparse.mm(ctx.m_t, grad.contiguous())
+        return None, None, _spmm(ctx.m_t, grad.contiguous())
 
 
 class TorchPropagator:
@@ -127,7 +148,7 @@ class TorchPropagator:
         self.names, self.norm, self.device = rel.names, norm, device
         self.n_edges = rel.n_edges()
         self._rel = rel
-        self._mats: dict[torch.dtype, dict[str, Tensor]] = {
+        self._mats: dict[object, dict[str, Tensor]] = {
             torch.float32: stacked_adjacency(rel, norm, torch.float32, device)}
 
     def _matrices(self, dtype: torch.dtype) -> dict[str, Tensor]:
@@ -137,11 +158,30 @@ class TorchPropagator:
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         _check_inputs(self, h_user, h_item)
+        return self._users(h_item), self._items(h_user)
+
+    def user_side(self, h_item: Tensor) -> Tensor:
+        _check_side(self, "item", h_item)
+        return self._users(h_item)
+
+    def item_side(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        return self._items(h_user)
+
+    def item_mean(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        if (h_user.dtype, "mean") not in self._mats:
+            self._mats[(h_user.dtype, "mean")] = mean_item_adjacency(self._rel, self.norm, h_user.dtype, self.device)
+        m = self._mats[(h_user.dtype, "mean")]
+        return _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous())
+
+    def _users(self, h_item: Tensor) -> Tensor:
         m = self._matrices(h_item.dtype)
-        K, U, I = self.n_behaviors, self.n_users, self.n_items
-        p_user = _StackedSpMM.apply(m["ui"], m["ui_t"], h_item.contiguous()).view(K, U, -1)
-        p_item = _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous()).view(K, I, -1)
-        return p_user, p_item
+        return _StackedSpMM.apply(m["ui"], m["ui_t"], h_item.contiguous()).view(self.n_behaviors, self.n_users, -1)
+
+    def _items(self, h_user: Tensor) -> Tensor:
+        m = self._matrices(h_user.dtype)
+        return _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous()).view(self.n_behaviors, self.n_items, -1)
 
     def __repr__(self) -> str:
         return (f"TorchPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r}, "
@@ -160,6 +200,7 @@ class DGLPropagator:
         self.n_users, self.n_items, self.n_behaviors = rel.n_users, rel.n_items, rel.n_relations
         self.names, self.norm, self.device = rel.names, norm, torch.device("cpu")
         self.n_edges = rel.n_edges()
+        self._set_threads, self._threads = import_dgl().utils.set_num_threads, None
         self.graph = build_heterograph(rel)
         mods = {et: _NormalisedSum(self.graph[src, et, dst], norm) for src, et, dst in self.graph.canonical_etypes}
         # HeteroGraphConv visits relations in g.canonical_etypes order (sorted by DGL); stack in ours.
@@ -167,11 +208,49 @@ class DGLPropagator:
         want = {ITEM: list(rel.names), USER: [REVERSE_PREFIX + n for n in rel.names]}
         self.conv = HeteroGraphConv(mods, aggregate=_StackInOrder(
             {nt: [dst_order[nt].index(et) for et in want[nt]] for nt in (USER, ITEM)}))
+        self._dst_etypes = dst_order
+        self._rel, self._mean = rel, {}
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         _check_inputs(self, h_user, h_item)
+        self._follow_torch_threads()
         out = self.conv(self.graph, {USER: h_user, ITEM: h_item})
         return out[USER], out[ITEM]
+
+    def user_side(self, h_item: Tensor) -> Tensor:
+        _check_side(self, "item", h_item)
+        self._follow_torch_threads()
+        return self._side(USER, h_item)
+
+    def item_side(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        self._follow_torch_threads()
+        return self._side(ITEM, h_user)
+
+    def item_mean(self, h_user: Tensor) -> Tensor:
+        _check_side(self, "user", h_user)
+        self._follow_torch_threads()
+        # DGL 2.1's weighted SpMM (u_mul_e_sum) has no fast CPU kernel (about 12x its copy_u_sum at
+        # IJCAI-15 size): the merged product is the torch backend's CSR product
+        if (h_user.dtype, "mean") not in self._mean:
+            self._mean[(h_user.dtype, "mean")] = mean_item_adjacency(self._rel, self.norm, h_user.dtype, self.device)
+        m = self._mean[(h_user.dtype, "mean")]
+        return _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous())
+
+    def _side(self, dst: str, h_src: Tensor) -> Tensor:
+        """The relation modules of one destination type, run as HeteroGraphConv runs them, stacked
+        as its aggregate stacks them."""
+        src = ITEM if dst == USER else USER
+        outs = [self.conv.mods[et](self.graph[src, et, dst], (h_src, None)) for et in self._dst_etypes[dst]]
+        return self.conv.agg_fn(outs, dst)
+
+    def _follow_torch_threads(self) -> None:
+        """DGL's kernels run on their own OpenMP runtime (the system libgomp, not torch's), whose
+        thread count ``torch.set_num_threads`` (``--threads``) does not reach: give it torch's."""
+        n = torch.get_num_threads()
+        if n != self._threads:
+            self._set_threads(n)
+            self._threads = n
 
     def __repr__(self) -> str:
         return f"DGLPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r})"
@@ -215,6 +294,15 @@ class _StackInOrder:
 
     def __call__(self, tensors: list[Tensor], dsttype: str) -> Tensor:
         return torch.stack([tensors[j] for j in self.order[dsttype]], 0)
+
+
+def _check_side(p, side: str, h: Tensor) -> None:
+    n = p.n_users if side == "user" else p.n_items
+    if h.dim() != 2 or h.shape[0] != n:
+        raise CmlError(f"propagator expects {side} features of shape ({n}, d), got {tuple(h.shape)}")
+    if not same_device(h.device, p.device):
+        raise CmlError(f"{side} features on {h.device} but the {p.backend} propagator is on {p.device}; "
+                       f"build it with device={h.device}")
 
 
 def _check_inputs(p, h_user: Tensor, h_item: Tensor) -> None:

@@ -98,13 +98,15 @@ def _csr(rows: np.ndarray, cols: np.ndarray, vals: np.ndarray, shape: tuple[int,
     rows, cols, vals = rows[order], cols[order], vals[order]
     crow = np.zeros(shape[0] + 1, dtype=np.int64)
     np.cumsum(np.bincount(rows, minlength=shape[0]), out=crow[1:])
+    # 32-bit indices where they fit: the CPU kernel otherwise converts them to 32 bits at every product
+    index = np.int32 if max(shape[0], shape[1], len(cols)) < 2 ** 31 else np.int64
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         # torch.from_numpy gives an empty array stride 0, which the invariant check refuses
         col_t, val_t = (torch.from_numpy(x) if len(x) else torch.from_numpy(x).new_zeros(0)
-                        for x in (cols.astype(np.int64), vals))
-        return torch.sparse_csr_tensor(torch.from_numpy(crow), col_t, val_t, size=shape, dtype=dtype,
-                                       check_invariants=True).to(device)
+                        for x in (cols.astype(index), vals))
+        return torch.sparse_csr_tensor(torch.from_numpy(crow.astype(index)), col_t, val_t, size=shape,
+                                       dtype=dtype, check_invariants=True).to(device)
 
 
 def stacked_adjacency(rel: Relations, norm: str, dtype: torch.dtype = torch.float32,
@@ -131,6 +133,27 @@ def stacked_adjacency(rel: Relations, norm: str, dtype: torch.dtype = torch.floa
     }
 
 
+def mean_relation(rel: Relations, norm: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The mean of the K relations, :math:`\\bar A = \\tfrac1K \\sum_k \\hat A_k`, as (users, items,
+    float64 values) of its distinct non-zero entries, sorted by (user, item)."""
+    U, I, K = rel.n_users, rel.n_items, rel.n_relations
+    keys = np.concatenate([u * I + i for u, i in zip(rel.users, rel.items)]) if K else np.zeros(0, np.int64)
+    vals = np.concatenate([edge_weights(u, i, U, I, norm) for u, i in zip(rel.users, rel.items)]) / K
+    uniq, inv = np.unique(keys, return_inverse=True)
+    return uniq // I, uniq % I, np.bincount(inv, weights=vals, minlength=len(uniq))
+
+
+def mean_item_adjacency(rel: Relations, norm: str, dtype: torch.dtype = torch.float32,
+                        device: str | torch.device = "cpu") -> dict[str, torch.Tensor]:
+    """:math:`\\bar A^T` (I × U, ``"iu"``) and :math:`\\bar A` (U × I, ``"iu_t"``, its backward) as
+    CSR matrices: one product gives the items' mean over behaviors, :math:`\\bar A^T H_{user} =
+    \\tfrac1K \\sum_k \\hat A_k^T H_{user}`."""
+    u, i, w = mean_relation(rel, norm)
+    dev = torch.device(device)
+    return {"iu": _csr(i, u, w, (rel.n_items, rel.n_users), dtype, dev),
+            "iu_t": _csr(u, i, w, (rel.n_users, rel.n_items), dtype, dev)}
+
+
 def import_dgl():
     """Import DGL (pytorch backend) or raise the original error; only the DGL code path calls this."""
     os.environ.setdefault("DGLBACKEND", "pytorch")
@@ -154,3 +177,4 @@ def build_heterograph(rel: Relations):
     g = dgl.heterograph(data, num_nodes_dict={USER: rel.n_users, ITEM: rel.n_items}, idtype=torch.int64)
     g.create_formats_()  # build CSR and CSC once: otherwise every backward pass converts formats
     return g
+

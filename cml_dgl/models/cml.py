@@ -45,12 +45,46 @@ VARIANTS = ("full", "no-cl", "no-meta", "no-mke")
 
 @dataclass
 class CMLOutput:
-    """Fused ``user`` (U,d), ``item`` (I,d) and behavior-specific ``user_beh`` (K,U,d), ``item_beh`` (K,I,d)."""
+    """Fused ``user`` (U,d), ``item`` (I,d) and behavior-specific ``user_beh`` (K,U,d), ``item_beh``
+    (K,I,d). In training with ``used_view_rows`` the user views are a :class:`UserViews`, which
+    computes only the rows asked for."""
 
     user: Tensor
     item: Tensor
-    user_beh: Tensor
+    user_beh: "Tensor | UserViews"
     item_beh: Tensor
+
+
+class UserViews:
+    """The behavior-specific user views :math:`Z_u^k = [act(P_u^{k,1} W_u^1) \\| \\dots \\|
+    act(P_u^{k,L} W_u^L)] C_u` from the propagated :math:`P_u^{k,l}`, evaluated only where asked:
+    the losses read a few thousand of the K·U rows, and the projection, activation, concatenation
+    and readout of the others (with their backward passes) are the largest part of a step's dense
+    work. ``views[k]`` gives every row of behavior k."""
+
+    def __init__(self, act, weights: list[Tensor], readout: Tensor, propagated: list[Tensor]):
+        self._act, self._w, self._readout, self._p = act, weights, readout, propagated
+        self.n_behaviors, self.n_users = propagated[0].shape[0], propagated[0].shape[1]
+        self._full: dict[int, Tensor] = {}
+
+    def __len__(self) -> int:
+        return self.n_behaviors
+
+    def __getitem__(self, k: int) -> Tensor:
+        if k not in self._full:
+            parts = [self._act(layer, p[k] @ w) for layer, (p, w) in enumerate(zip(self._p, self._w))]
+            self._full[k] = torch.cat(parts, -1) @ self._readout
+        return self._full[k]
+
+    def rows(self, requests: list[tuple[int, Tensor]]) -> list[Tensor]:
+        """For each (behavior k, user index (n,)), the rows ``views[k][index]`` (n, d): one gather,
+        projection, activation and readout for all requests together."""
+        if not requests:
+            return []
+        flat = torch.cat([idx + k * self.n_users for k, idx in requests])
+        parts = [self._act(layer, p.reshape(-1, p.shape[-1]).index_select(0, flat) @ w)
+                 for layer, (p, w) in enumerate(zip(self._p, self._w))]
+        return list((torch.cat(parts, -1) @ self._readout).split([len(idx) for _, idx in requests]))
 
 
 class CML(Recommender):
@@ -70,7 +104,8 @@ class CML(Recommender):
     has_behavior_views = True
 
     def __init__(self, n_users: int, n_items: int, n_behaviors: int, propagator: Propagator, dim: int = 16,
-                 n_layers: int = 3, activation: str = "prelu"):
+                 n_layers: int = 3, activation: str = "prelu", merged_item_mean: bool = False,
+                 used_view_rows: bool = False):
         super().__init__()
         if activation not in ACTIVATIONS:
             raise CmlError(f"unknown activation {activation!r}; expected one of {list(ACTIVATIONS)}")
@@ -82,6 +117,7 @@ class CML(Recommender):
                            f"for {(n_users, n_items, n_behaviors)}")
         self.n_users, self.n_items, self.n_behaviors = n_users, n_items, n_behaviors
         self.dim, self.n_layers, self.activation = dim, n_layers, activation
+        self.merged_item_mean, self.used_view_rows = merged_item_mean, used_view_rows
         object.__setattr__(self, "propagator", propagator)  # never registered as a submodule
         object.__setattr__(self, "meta", None)
         object.__setattr__(self, "objective", None)
@@ -99,11 +135,13 @@ class CML(Recommender):
 
     @classmethod
     def from_config(cls, ds: Any, cfg: dict[str, Any], device: torch.device) -> "CML":
-        """The encoder of config keys ``dim, n_layers, activation, norm, backend``, its meta
+        """The encoder of config keys ``dim, n_layers, activation, norm, backend, merged_item_mean,
+        used_view_rows``, its meta
         network (``meta_*`` keys, unless ``variant: no-meta``) and its objective."""
         prop = propagator_for_dataset(ds, backend=cfg["backend"], norm=cfg["norm"], device=device)
-        model = cls(ds.n_users, ds.n_items, ds.n_behaviors, prop, dim=cfg["dim"],
-                    n_layers=cfg["n_layers"], activation=cfg["activation"]).to(device)
+        model = cls(ds.n_users, ds.n_items, ds.n_behaviors, prop, dim=cfg["dim"], n_layers=cfg["n_layers"],
+                    activation=cfg["activation"], merged_item_mean=cfg["merged_item_mean"],
+                    used_view_rows=cfg["used_view_rows"]).to(device)
         meta = None
         if cfg["variant"] != "no-meta":
             meta = MetaWeightNet(dim=cfg["dim"], dropout=cfg["meta_dropout"], gamma=cfg["meta_gamma"],
@@ -135,17 +173,29 @@ class CML(Recommender):
                            f"{self.propagator.device}; build the propagator for the model's device")
         h_u, h_i = self.user_emb, self.item_emb
         fused_u, fused_i, beh_u, beh_i = [], [], [], []
+        item_views = behavior_specific and item_behavior
+        lazy = behavior_specific and not item_behavior and self.used_view_rows
+        pre_u = []
         for layer in range(self.n_layers):
-            p_u, p_i = self.propagator(h_u, h_i)
-            # mean_k(P^k) W = mean_k(P^k W): one (K,·,d) product serves both paths
-            q_u = p_u @ self.user_w[layer]
-            item_views = behavior_specific and item_behavior
-            q_i = p_i @ self.item_w[layer] if item_views else p_i.mean(0) @ self.item_w[layer]
-            h_u = self._act("user", layer, q_u.mean(0))
-            h_i = self._act("item", layer, q_i.mean(0) if item_views else q_i)
+            if self.merged_item_mean:
+                p_u, p_i = self.propagator.user_side(h_i), self.propagator.item_side(h_u) if item_views else None
+                mean_i = self.propagator.item_mean(h_u)
+            else:
+                p_u, p_i = self.propagator(h_u, h_i)
+                mean_i = None if item_views else p_i.mean(0)
+            # mean_k(P^k) W = mean_k(P^k W): one (K,·,d) product serves both paths; the lazy user
+            # views project only their rows, so the fused path projects the mean
+            q_u = None if lazy else p_u @ self.user_w[layer]
+            q_i = p_i @ self.item_w[layer] if item_views else None
+            m_u = p_u.mean(0) @ self.user_w[layer] if lazy else q_u.mean(0)
+            m_i = q_i.mean(0) if mean_i is None else mean_i @ self.item_w[layer]
+            h_u = self._act("user", layer, m_u)
+            h_i = self._act("item", layer, m_i)
             fused_u.append(h_u)
             fused_i.append(h_i)
-            if behavior_specific:
+            if lazy:
+                pre_u.append(p_u)
+            elif behavior_specific:
                 beh_u.append(self._act("user", layer, q_u))
                 if item_behavior:
                     beh_i.append(self._act("item", layer, q_i))
@@ -155,13 +205,17 @@ class CML(Recommender):
             empty = user.new_empty(0)
             return CMLOutput(user, item, empty, empty)
         item_beh = torch.cat(beh_i, -1) @ self.item_readout if item_behavior else item.new_empty(0)
+        if lazy:
+            return CMLOutput(user, item, UserViews(lambda layer, x: self._act("user", layer, x), list(self.user_w),
+                                                   self.user_readout, pre_u), item_beh)
         return CMLOutput(user, item, torch.cat(beh_u, -1) @ self.user_readout, item_beh)
 
     def forward(self, item_behavior: bool = True) -> CMLOutput:
         """Fused and behavior-specific embeddings of all users and items.
 
         ``item_behavior=False`` skips the item-side behavior-specific views (``item_beh`` is then
-        empty): no loss uses them, so training leaves them out.
+        empty): no loss uses them, so training leaves them out. With ``used_view_rows`` it also
+        returns the user views as a :class:`UserViews`, which the objective asks for its rows only.
         """
         return self._encode(behavior_specific=True, item_behavior=item_behavior)
 

@@ -25,7 +25,7 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor, nn
 
-from cml_dgl.models.losses import bpr_loss, contrastive_loss
+from cml_dgl.models.losses import bpr_loss, contrastive_log_mask, contrastive_loss
 
 WEIGHINGS = ("grad", "nograd", "none")
 
@@ -38,6 +38,27 @@ def _rows(x: Tensor, index: Tensor) -> Tensor:
 
 def _identity(x: Tensor) -> Tensor:
     return x.sum()
+
+
+class _Views:
+    """Rows of the behavior-specific user views. A (K,U,d) tensor is indexed where a loss asks;
+    a :class:`~cml_dgl.models.cml.UserViews` gets every request of the batch at once (``prefetch``),
+    those whose gradient no loss needs without one."""
+
+    def __init__(self, user_beh: Any):
+        self.user_beh, self._rows = user_beh, {}
+
+    def prefetch(self, requests: list[tuple[int, Tensor]], grad: bool) -> None:
+        if not hasattr(self.user_beh, "rows"):
+            return
+        requests = list({(k, id(idx)): (k, idx) for k, idx in requests}.values())
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            rows = self.user_beh.rows(requests)
+        self._rows.update({(k, id(idx)): r for (k, idx), r in zip(requests, rows)})
+
+    def get(self, k: int, index: Tensor) -> Tensor:
+        got = self._rows.get((k, id(index)))
+        return _rows(self.user_beh[k], index) if got is None else got
 
 
 @dataclass
@@ -70,6 +91,14 @@ class CMLObjective:
         cfg, K, shard_sum = self.cfg, self.n_behaviors, self.shard_sum
         weigh = batch.weigh
         meta = self.meta if weigh != "none" else None
+        cl_behaviors = list(range(K if cfg["cl_include_target"] else K - 1))
+        s = batch.cl_users
+        with_cl = cfg["variant"] != "no-cl" and cfg["beta"] > 0 and len(s) >= 2 and bool(cl_behaviors)
+        views = _Views(out.user_beh)
+        if meta is not None:
+            views.prefetch([(k, t.users) for k, t in enumerate(batch.triples) if len(t)], grad=weigh == "grad")
+        if with_cl:
+            views.prefetch([(K - 1, s)] + [(k, s) for k in cl_behaviors], grad=True)
         bpr_sum = out.user.new_zeros(())
         reg = out.user.new_zeros(())
         for k, t in enumerate(batch.triples):
@@ -79,24 +108,24 @@ class CMLObjective:
             zu, zp, zn = _rows(out.user, u), _rows(out.item, p), _rows(out.item, n)
             loss = bpr_loss((zu * zp).sum(-1), (zu * zn).sum(-1))
             if meta is not None:
-                w = self._weights(meta.bpr_weights, loss, zu, _rows(out.user_beh[k], u), k, weigh)
+                w = self._weights(meta.bpr_weights, loss, zu, views.get(k, u), k, weigh)
                 loss = w * loss
             bpr_sum = bpr_sum + shard_sum(loss)
             if cfg["reg_all_behaviors"] or k == K - 1:
                 reg = reg + shard_sum(zu.pow(2)) + shard_sum(zp.pow(2)) + shard_sum(zn.pow(2))
         total = bpr_sum / K + cfg["reg"] * (reg / K if cfg["reg_all_behaviors"] else reg)
         logs = {"bpr": bpr_sum.detach().double() / cfg["batch_size"] / K}
-        cl_behaviors = list(range(K if cfg["cl_include_target"] else K - 1))
-        s = batch.cl_users
-        if cfg["variant"] != "no-cl" and cfg["beta"] > 0 and len(s) >= 2 and cl_behaviors:
-            anchor = _rows(out.user_beh[K - 1], s)
+        if with_cl:
+            anchor = views.get(K - 1, s)
             fused = _rows(out.user, s) if meta is not None else None
+            mask = contrastive_log_mask(len(s), s, variant=cfg["cl_variant"], chunk_size=cfg["cl_chunk"],
+                                        dtype=anchor.dtype, device=anchor.device)
             cl_sum = out.user.new_zeros(())
             for k in cl_behaviors:
-                view = _rows(out.user_beh[k], s)
+                view = views.get(k, s)
                 loss = contrastive_loss(anchor, view, temperature=cfg["cl_temperature"],
                                         similarity=cfg["cl_similarity"], variant=cfg["cl_variant"],
-                                        chunk_size=cfg["cl_chunk"], users=s)
+                                        chunk_size=cfg["cl_chunk"], users=s, log_mask=mask)
                 if meta is not None:
                     w = self._weights(meta.cl_weights, loss, view, fused, k, weigh)
                     loss = w * loss

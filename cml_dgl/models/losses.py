@@ -27,7 +27,8 @@ def bpr_loss(pos_scores: Tensor, neg_scores: Tensor) -> Tensor:
 
 
 def contrastive_loss(anchor: Tensor, view: Tensor, *, temperature: float, similarity: str = "dot",
-                     variant: str = "paper", chunk_size: int | None = None, users: Tensor | None = None) -> Tensor:
+                     variant: str = "paper", chunk_size: int | None = None, users: Tensor | None = None,
+                     log_mask: Tensor | None = None) -> Tensor:
     """Per-anchor contrastive loss between two views of the same n sampled users, shape (n,).
 
     Row u of ``anchor`` (the target-behavior view :math:`e_u^k`) and row u of ``view`` (behavior
@@ -53,8 +54,11 @@ def contrastive_loss(anchor: Tensor, view: Tensor, *, temperature: float, simila
       :math:`-s(a_u,v_u) - \\ln 10^8`, as in the code. The code's setting is ``similarity="dot"``,
       ``temperature=d``.
 
-    Everything is one n × n product plus masks, evaluated in log space (logsumexp) for stability.
-    ``users`` (n,) are the user ids of the rows; without it rows are taken as distinct users.
+    Everything is one n × n product plus an additive mask of 0 and -inf (which rows enter each
+    anchor's sum), evaluated in log space (logsumexp) for stability. ``users`` (n,) are the user ids
+    of the rows; without it rows are taken as distinct users. The mask depends on the ids alone:
+    ``log_mask`` passes the one :func:`contrastive_log_mask` made for them, so that several views
+    of the same sample share it.
     """
     if variant not in VARIANTS:
         raise CmlError(f"unknown contrastive variant {variant!r}; expected one of {list(VARIANTS)}")
@@ -75,17 +79,39 @@ def contrastive_loss(anchor: Tensor, view: Tensor, *, temperature: float, simila
     if similarity == "cosine":
         anchor = F.normalize(anchor, dim=-1)
         view = F.normalize(view, dim=-1)
+    if log_mask is None:
+        log_mask = contrastive_log_mask(n, users, variant=variant, chunk_size=chunk_size,
+                                        dtype=anchor.dtype, device=anchor.device)
+    elif tuple(log_mask.shape) != (n, n):
+        raise CmlError(f"log_mask must have shape ({n}, {n}), got {tuple(log_mask.shape)}")
     logits = (anchor @ view.T) / temperature
     pos = logits.diagonal()
-    ids = torch.arange(n, device=anchor.device) if users is None else users.to(anchor.device)
     if variant == "paper":
-        same = ids[:, None] == ids[None, :]
-        same.fill_diagonal_(False)
-        return torch.logsumexp(logits.masked_fill(same, float("-inf")), dim=1) - pos
-    neg = _official_negatives(ids, 1 if chunk_size is None else chunk_size)
+        return torch.logsumexp(logits + log_mask, dim=1) - pos
     eps_col = logits.new_full((n, 1), _LOG_EPS)
-    log_neg = torch.logsumexp(torch.cat([logits.masked_fill(~neg, float("-inf")), eps_col], 1), dim=1)
+    log_neg = torch.logsumexp(torch.cat([logits + log_mask, eps_col], 1), dim=1)
     return -torch.logaddexp(pos - log_neg, torch.full_like(pos, _LOG_EPS))
+
+
+def contrastive_log_mask(n: int, users: Tensor | None = None, *, variant: str = "paper",
+                         chunk_size: int | None = None, dtype: torch.dtype = torch.float32,
+                         device: torch.device | str | None = None) -> Tensor:
+    """(n, n): 0 where column j enters anchor i's sum in :func:`contrastive_loss`, -inf elsewhere.
+
+    ``"paper"``: every row except the other rows of i's user id; ``"official"``: the negatives of
+    :func:`_official_negatives`. Adding it to finite logits gives what masking them with -inf gives,
+    bit for bit, forward and backward (the masked entries get a zero gradient either way).
+    """
+    if variant not in VARIANTS:
+        raise CmlError(f"unknown contrastive variant {variant!r}; expected one of {list(VARIANTS)}")
+    dev = users.device if device is None and users is not None else device
+    ids = torch.arange(n, device=dev) if users is None else users.to(dev)
+    if variant == "paper":
+        keep = ids[:, None] != ids[None, :]
+        keep.fill_diagonal_(True)
+    else:
+        keep = _official_negatives(ids, 1 if chunk_size is None else chunk_size)
+    return torch.zeros((n, n), dtype=dtype, device=dev).masked_fill_(~keep, float("-inf"))
 
 
 def _official_negatives(ids: Tensor, chunk_size: int) -> Tensor:

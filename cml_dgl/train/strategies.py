@@ -46,13 +46,15 @@ def cyclic(opt: torch.optim.Optimizer, base: float, peak: float, up: int, down: 
 
 
 class Timer:
-    """Seconds per named phase of an epoch (host side; CUDA kernels run asynchronously)."""
+    """Seconds per named phase of an epoch (host side; CUDA kernels run asynchronously), read from
+    ``clock`` (wall time; benchmarks pass ``time.process_time`` for CPU time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.perf_counter) -> None:
+        self.clock = clock
         self.seconds: dict[str, float] = {}
 
     def tick(self, name: str, t0: float) -> float:
-        now = time.perf_counter()
+        now = self.clock()
         self.seconds[name] = self.seconds.get(name, 0.0) + now - t0
         return now
 
@@ -158,7 +160,7 @@ class PairStep(Strategy):
         self._main_optimizer()
 
     def run_epoch(self, epoch: int, tick: Callable[[], None], timer: Timer) -> dict[str, float]:
-        t = time.perf_counter()
+        t = timer.clock()
         trip = self.draws.pair_triples()
         t = timer.tick("sampling", t)
         B, n = self.cfg["batch_size"], 0
@@ -219,7 +221,7 @@ class MetaStep(Strategy):
         self.main_forward = data_parallel(model, dist) if dist.enabled else model
 
     def run_epoch(self, epoch: int, tick: Callable[[], None], timer: Timer) -> dict[str, float]:
-        t = time.perf_counter()
+        t = timer.clock()
         if self.cfg["meta_pointer_reset"]:
             self.meta_pointer.pos = 0
         steps = self.draws.cml_steps()
@@ -235,34 +237,55 @@ class MetaStep(Strategy):
 
     def step(self, step: CMLStep, sums: dict[str, torch.Tensor], timer: Timer) -> None:
         """The three phases of one step (paper Alg. 1); adds the step's logged losses to ``sums``
-        as device tensors (no host sync)."""
+        as device tensors (no host sync).
+
+        The clone θ' starts equal to θ, so one forward pass of θ serves phase 1 (its gradients are
+        θ''s, moved to the clone) and phase 3, whose encoder output θ's phase-1 and phase-2 steps do
+        not change (θ does not move before phase 3; only φ does). Phase 2 steps φ alone, and φ's
+        gradient does not pass through the encoder, so θ' runs there without an autograd graph.
+        Both give the values of the plain three passes exactly. Under data parallelism phase 3 runs
+        through DDP, so phase 1 keeps its own forward pass there."""
         cfg, model = self.cfg, self.model
-        t = time.perf_counter()
+        t = timer.clock()
         use_meta = self.meta is not None
+        shared = not self.dist.enabled
+        out = model(item_behavior=False) if shared else None
         if use_meta:
             self.meta.train()
             clone = model.clone()
             clone_opt = torch.optim.AdamW(clone.parameters(), lr=cfg["lr_clone"],
                                           weight_decay=cfg["opt_weight_decay"])
-            obj, _ = clone.loss(CMLBatch(step.triples, step.cl_clone, "grad"))
+            batch = CMLBatch(step.triples, step.cl_clone, "grad")
             self.meta_opt.zero_grad(set_to_none=True)
-            obj.backward()
+            if shared:
+                obj, _ = model.objective(out, batch)
+                self.opt.zero_grad(set_to_none=True)
+                obj.backward(retain_graph=True)
+                for p, q in zip(model.parameters(), clone.parameters()):
+                    q.grad, p.grad = p.grad, None
+            else:
+                obj, _ = clone.loss(batch)
+                obj.backward()
             self.dist.all_reduce_grads(list(clone.parameters()) + list(self.meta.parameters()))
             if cfg["grad_clip"] > 0:
                 nn.utils.clip_grad_norm_(self.meta.parameters(), cfg["grad_clip"])
             self._clip_step(clone_opt, list(clone.parameters()))
             self.meta_opt.step()
             t = timer.tick("phase1_clone", t)
-            meta_obj, _ = clone.loss(CMLBatch(step.meta_triples, step.cl_meta, "grad"))
+            with torch.no_grad():
+                clone_out = clone(item_behavior=False)
+            meta_obj, _ = model.objective(clone_out, CMLBatch(step.meta_triples, step.cl_meta, "grad"))
             self.meta_opt.zero_grad(set_to_none=True)
-            (0.5 * meta_obj).backward()
+            if meta_obj.requires_grad:
+                (0.5 * meta_obj).backward()
             self.dist.all_reduce_grads(self.meta.parameters())
             self._clip_step(self.meta_opt, list(self.meta.parameters()))
             _accumulate(sums, "meta", meta_obj.detach().double())
-            del clone, clone_opt
+            del clone, clone_opt, clone_out
             t = timer.tick("phase2_meta", t)
-        obj, logs = model.objective(self.main_forward(item_behavior=False),
-                                    CMLBatch(step.triples, step.cl_main, "nograd" if use_meta else "none"))
+        if out is None:
+            out = self.main_forward(item_behavior=False)
+        obj, logs = model.objective(out, CMLBatch(step.triples, step.cl_main, "nograd" if use_meta else "none"))
         self.opt.zero_grad(set_to_none=True)
         obj.backward()
         self._clip_step(self.opt, list(model.parameters()))

@@ -39,6 +39,7 @@ from tqdm import tqdm
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.evaluate import evaluate, evaluate_sampled
+from cml_dgl.heap import retain_freed_memory
 from cml_dgl.models import registry
 from cml_dgl.models.base import Scorer
 from cml_dgl.train import faults
@@ -91,6 +92,7 @@ class Trainer:
                            "no user has a second purchase to hold out); "
                            "train with --monitor test (the paper's protocol) or re-run preprocess")
         self.device = self.dist.device if self.dist.enabled else resolve_device(cfg["device"])
+        retain_freed_memory()  # steps reuse the pages of their large tensors (cml_dgl.heap)
         torch.manual_seed(cfg["seed"])
         spec = registry.spec(cfg["model"])
         self.model = spec.build(ds, cfg, self.device)
