@@ -48,6 +48,28 @@ def set_threads(n: int) -> int:
     return set_torch_threads(n)
 
 
+def add_threads_arg(ap) -> None:
+    """``--threads N``: torch's CPU threads for this benchmark (and, through CML_THREADS, the
+    commands it starts); default one per core."""
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch CPU threads (default: $CML_THREADS, else one per core); printed")
+
+
+def apply_threads(n: int | None) -> int:
+    """Set the benchmark's threads explicitly (``n``, else CML_THREADS, else torch's default: one
+    per core, or OMP_NUM_THREADS) with :func:`set_threads`, export them to child processes as
+    CML_THREADS too and print them on stderr; returns the count."""
+    sys.path.insert(0, str(ROOT))
+    import torch
+
+    from cml_dgl.threads import ENV, threads_from_env
+
+    used = set_threads(n or threads_from_env() or torch.get_num_threads())
+    os.environ[ENV] = str(used)
+    print(f"bench: {used} torch threads on {os.cpu_count()} cores (--threads / {ENV})", file=sys.stderr, flush=True)
+    return used
+
+
 def tmall_mbcgcn_dataset(holdouts: bool, workdir: Path | None = None) -> Path:
     """Preprocess MB-CGCN's Tmall split with ``--no-valid`` (the published training split), with
     or without ``--auxiliary-holdouts`` (cached in ``workdir``), and return its path."""

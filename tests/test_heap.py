@@ -42,5 +42,7 @@ def test_a_freed_large_tensor_is_reused_after_retain_freed_memory():
     if not out["applied"]:
         pytest.skip("the C library is not glibc (mallopt unavailable)")
     pages = 2 * 5 * 1024 ** 2 * 4 // 4096
-    assert sum(out["before"][2:]) > 2 * pages, out  # the default: rounds keep faulting in fresh pages
+    # the default: rounds after the first fault in fresh pages again (glibc's dynamic mmap threshold
+    # may stop that after a few rounds, so only more than one round's worth is asserted)
+    assert sum(out["before"][1:]) > pages, out
     assert max(out["after"][-3:]) < pages // 20, out  # retained: once warm, rounds reuse freed blocks
