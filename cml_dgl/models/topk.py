@@ -84,37 +84,46 @@ def recommend_topk(user_emb: torch.Tensor, item_emb: torch.Tensor,
     int64 item ids and their scores, each row by score descending and equal scores by ascending
     item id. Where a user has fewer allowed items than that, the row ends in item -1, score -inf.
     """
-    n_users, n_items = user_emb.shape[0], item_emb.shape[0]
-    if k < 1:
-        raise CmlError(f"-k must be positive, got {k}")
     if not (bool(torch.isfinite(user_emb).all()) and bool(torch.isfinite(item_emb).all())):
         raise CmlError("the embeddings hold NaN or infinite values (the training diverged); nothing to rank")
-    device = user_emb.device
+    n_items = item_emb.shape[0]
+    step = chunk or max(1, CHUNK_ENTRIES // n_items)
+    item_t = item_emb.t().contiguous()
+    block = user_emb.new_zeros((step, user_emb.shape[1]))
+    # finite embeddings give finite scores unless a dot product can overflow (inf - inf = NaN)
+    may_overflow = float(user_emb.abs().max()) * float(item_emb.abs().max()) * user_emb.shape[1] > 1e38
+
+    def rows(u: torch.Tensor) -> torch.Tensor:
+        block[:len(u)] = user_emb[u]
+        block[len(u):] = 0
+        scores = (block @ item_t)[:len(u)]  # one product shape for every chunk: see the module docstring
+        return torch.nan_to_num_(scores, nan=float("-inf")) if may_overflow else scores
+
+    return _topk(rows, user_emb.shape[0], n_items, user_emb.device, user_emb.dtype, users, k, exclude, step)
+
+
+def _topk(rows: Any, n_users: int, n_items: int, device: torch.device, dtype: torch.dtype, users: Any, k: int,
+          exclude: Any, step: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The chunked loop of both top-k functions: ``rows(u)`` gives the score rows of users ``u``."""
+    if k < 1:
+        raise CmlError(f"-k must be positive, got {k}")
     users = torch.as_tensor(np.asarray(users, dtype=np.int64) if not isinstance(users, torch.Tensor)
                             else users, device=device).long().reshape(-1)
     if users.numel() and (int(users.min()) < 0 or int(users.max()) >= n_users):
         raise ValueError(f"users must lie in [0, {n_users})")
     kk = min(k, n_items)
     items_out = torch.full((len(users), kk), -1, dtype=torch.int64, device=device)
-    scores_out = torch.full((len(users), kk), float("-inf"), dtype=user_emb.dtype, device=device)
+    scores_out = torch.full((len(users), kk), float("-inf"), dtype=dtype, device=device)
     if kk == 0 or len(users) == 0:
         return items_out, scores_out
     csr = _csr_parts(exclude, n_users, n_items, device) if exclude is not None else None
-    step = chunk or max(1, CHUNK_ENTRIES // n_items)
-    item_t = item_emb.t().contiguous()
-    block = user_emb.new_zeros((step, user_emb.shape[1]))
-    # finite embeddings give finite scores unless a dot product can overflow (inf - inf = NaN)
-    may_overflow = float(user_emb.abs().max()) * float(item_emb.abs().max()) * user_emb.shape[1] > 1e38
+    step = step or max(1, CHUNK_ENTRIES // n_items)
     for start in range(0, len(users), step):
         u = users[start:start + step]
-        block[:len(u)] = user_emb[u]
-        block[len(u):] = 0
-        scores = (block @ item_t)[:len(u)]  # one product shape for every chunk: see the module docstring
-        if may_overflow:
-            torch.nan_to_num_(scores, nan=float("-inf"))
+        scores = rows(u)
         if csr is not None:
-            rows, cols = _excluded(*csr, u)
-            scores[rows, cols] = float("-inf")
+            r, c = _excluded(*csr, u)
+            scores[r, c] = float("-inf")
         items, values = exact_topk(scores, kk)
         items[values == float("-inf")] = -1
         items_out[start:start + step], scores_out[start:start + step] = items, values
@@ -127,28 +136,5 @@ def scorer_topk(scorer: Any, users: torch.Tensor | np.ndarray | Sequence[int], k
     """:func:`recommend_topk` over the score rows of a :class:`~cml_dgl.models.base.Scorer`
     (models whose scores are not embedding products: ItemKNN, CascadingRank, the history rule),
     with the same ties, exclusions and output; its rows do not depend on the chunk by contract."""
-    n_users, n_items = scorer.n_users, scorer.n_items
-    if k < 1:
-        raise CmlError(f"-k must be positive, got {k}")
-    device = scorer.device
-    users = torch.as_tensor(np.asarray(users, dtype=np.int64) if not isinstance(users, torch.Tensor)
-                            else users, device=device).long().reshape(-1)
-    if users.numel() and (int(users.min()) < 0 or int(users.max()) >= n_users):
-        raise ValueError(f"users must lie in [0, {n_users})")
-    kk = min(k, n_items)
-    items_out = torch.full((len(users), kk), -1, dtype=torch.int64, device=device)
-    scores_out = torch.full((len(users), kk), float("-inf"), dtype=torch.float32, device=device)
-    if kk == 0 or len(users) == 0:
-        return items_out, scores_out
-    csr = _csr_parts(exclude, n_users, n_items, device) if exclude is not None else None
-    step = chunk or max(1, CHUNK_ENTRIES // n_items)
-    for start in range(0, len(users), step):
-        u = users[start:start + step]
-        scores = scorer.score_users(u).float()
-        if csr is not None:
-            rows, cols = _excluded(*csr, u)
-            scores[rows, cols] = float("-inf")
-        items, values = exact_topk(scores, kk)
-        items[values == float("-inf")] = -1
-        items_out[start:start + step], scores_out[start:start + step] = items, values
-    return items_out, scores_out
+    return _topk(lambda u: scorer.score_users(u).float(), scorer.n_users, scorer.n_items, scorer.device,
+                 torch.float32, users, k, exclude, chunk)
