@@ -32,11 +32,12 @@ def contract_dataset():
     return synthetic_dataset(N_USERS, N_ITEMS, N_EDGES, seed=11)
 
 
-def train_run(ds, name: str, run_dir: Path, seed: int = 5):
-    """Train ``name`` with the contract's short schedule; returns (trainer, metric rows)."""
+def train_run(ds, name: str, run_dir: Path, seed: int = 5, sets: tuple[str, ...] = ()):
+    """Train ``name`` with the contract's short schedule (and config ``sets``); returns (trainer,
+    metric rows)."""
     cfg = config.resolve(overrides=[
         f"model={name}", f"seed={seed}", "epochs=4", "patience=4", "batch_size=64", "meta_batch=32",
-        "meta_samples=8", "opt_base_lr=0.01", "opt_max_lr=0.05", "device=cpu", "backend=torch"])
+        "meta_samples=8", "opt_base_lr=0.01", "opt_max_lr=0.05", "device=cpu", "backend=torch", *sets])
     tr = Trainer(ds, cfg, run_dir, quiet=True)
     tr.prepare_run_dir()
     tr.fit()
@@ -48,12 +49,14 @@ class RecommenderContract:
     """Tests every model passes; subclasses set ``model_name``."""
 
     model_name: str = ""
+    #: config items over the contract's schedule (a model's options under test)
+    sets: tuple[str, ...] = ()
 
     @pytest.fixture(scope="class")
     def trained(self, tmp_path_factory):
         ds = contract_dataset()
         root = tmp_path_factory.mktemp(f"contract-{self.model_name}")
-        tr, rows = train_run(ds, self.model_name, root / "run")
+        tr, rows = train_run(ds, self.model_name, root / "run", sets=self.sets)
         return ds, tr, rows, root
 
     def test_registered_with_a_known_strategy(self):
@@ -82,7 +85,7 @@ class RecommenderContract:
 
     def test_the_same_seed_gives_the_same_metrics(self, trained):
         ds, _, rows, root = trained
-        _, again = train_run(ds, self.model_name, root / "again")
+        _, again = train_run(ds, self.model_name, root / "again", sets=self.sets)
         assert again == rows
 
     def test_a_checkpoint_round_trip_gives_identical_scores(self, trained):

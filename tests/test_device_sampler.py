@@ -200,3 +200,25 @@ def test_a_gpu_sampled_run_resumes_on_a_cpu_with_a_fresh_stream(tmp_path, monkey
     tr = _trainer(make_tiny_dataset(), tmp_path)
     assert not tr.strategy.draws.load_state({"sampler_rng": torch.zeros(16, dtype=torch.uint8)})  # a CUDA state
     assert tr.strategy.draws.load_state(tr.strategy.draws.state())
+
+
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_history_negatives_in_both_samplers(sparse_ds, tmp_path, sampler):
+    """history_negatives=1: every target negative of a user with viewed/carted items not bought is
+    one of those; the others stay uniform non-purchases; the auxiliary negatives keep their rule."""
+    ds = sparse_ds
+    K = ds.n_behaviors
+    tr = _trainer(ds, tmp_path, f"sampler={sampler}", "history_negatives=1.0")
+    dense = [_dense(ds, k) for k in range(K)]
+    pool = np.any(dense[:-1], axis=0) & ~dense[-1]
+    n_pool = 0
+    for step in tr.strategy.draws.cml_steps():
+        t = step.triples[K - 1]
+        u, n = t.users.numpy(), t.neg.numpy()
+        has = pool[u].any(1)
+        assert pool[u[has], n[has]].all() and not dense[-1][u, n].any()
+        n_pool += int(has.sum())
+        for k in range(K - 1):
+            a = step.triples[k]
+            assert not dense[k][a.users.numpy(), a.neg.numpy()].any()
+    assert n_pool > 0

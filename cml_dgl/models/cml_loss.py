@@ -13,7 +13,10 @@ network's weights :math:`w` (Eq. 5-6) and batch size B:
 InfoNCE loss (Eq. 3) between user u's target view :math:`Z_u^K` and its behavior-k view
 :math:`Z_u^k`, C the contrasted behaviors (the auxiliary ones, and the target with
 ``cl_include_target``). Reg is the squared norm of the batch's final embedding rows (every
-behavior's, or the target's alone with ``reg_all_behaviors: false``, then not divided by K).
+behavior's, or the target's alone with ``reg_all_behaviors: false``, then not divided by K); with
+``reg_on: ego`` the rows of the ego embeddings E instead (as LightGCN). With ``item_bias`` every
+behavior's BPR scores add :math:`b_i`, with ``history`` the target's add :math:`h(u, i)`
+(``out.extra``).
 Without a meta network (``no-meta``) or with ``weigh="none"`` every w is 1.
 """
 
@@ -106,12 +109,18 @@ class CMLObjective:
                 continue
             u, p, n = t.users, t.pos, t.neg
             zu, zp, zn = _rows(out.user, u), _rows(out.item, p), _rows(out.item, n)
-            loss = bpr_loss((zu * zp).sum(-1), (zu * zn).sum(-1))
+            pos, neg = (zu * zp).sum(-1), (zu * zn).sum(-1)
+            extra_p = out.extra(u, p, k == K - 1) if out.extra is not None else None
+            if extra_p is not None:
+                pos, neg = pos + extra_p, neg + out.extra(u, n, k == K - 1)
+            loss = bpr_loss(pos, neg)
             if meta is not None:
                 w = self._weights(meta.bpr_weights, loss, zu, views.get(k, u), k, weigh)
                 loss = w * loss
             bpr_sum = bpr_sum + shard_sum(loss)
             if cfg["reg_all_behaviors"] or k == K - 1:
+                if cfg["reg_on"] == "ego":
+                    zu, zp, zn = _rows(out.ego_user, u), _rows(out.ego_item, p), _rows(out.ego_item, n)
                 reg = reg + shard_sum(zu.pow(2)) + shard_sum(zp.pow(2)) + shard_sum(zn.pow(2))
         total = bpr_sum / K + cfg["reg"] * (reg / K if cfg["reg_all_behaviors"] else reg)
         logs = {"bpr": bpr_sum.detach().double() / cfg["batch_size"] / K}

@@ -21,12 +21,13 @@ from cml_dgl.errors import CmlError
 from cml_dgl.eval.metrics import TIE_RULES
 from cml_dgl.graph.backends import BACKENDS, NORMS
 from cml_dgl.models import losses
-from cml_dgl.models.cml import ACTIVATIONS, VARIANTS
+from cml_dgl.models.cml import ACTIVATIONS, FUSIONS, INITS, PROPAGATIONS, READOUTS, VARIANTS
+from cml_dgl.models.history_term import HISTORY_CHOICES
 from cml_dgl.models.registry import MODELS, REGISTRY
 from cml_dgl.train.devices import DEVICES
 from cml_dgl.train.draws.factory import SAMPLERS
 
-PRESETS = ("retailrocket", "ijcai15", "tmall", "official", "demo")
+PRESETS = ("retailrocket", "ijcai15", "tmall", "official", "paper", "demo")
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODELS,
     "variant": VARIANTS,
@@ -34,12 +35,19 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "device": DEVICES,
     "sampler": SAMPLERS,
     "activation": ACTIVATIONS,
+    "propagation": PROPAGATIONS,
+    "readout": READOUTS,
+    "fusion": FUSIONS,
+    "init": INITS,
+    "reg_on": ("final", "ego"),
+    "history": HISTORY_CHOICES,
     "norm": tuple(NORMS),
     "meta_optimizer": ("adamw", "sgd"),
     "cl_variant": losses.VARIANTS,
     "cl_similarity": losses.SIMILARITIES,
     "monitor": ("valid", "test", "none"),
     "monitor_metric": ("ndcg@10", "hr@10"),
+    "monitor_protocol": ("sampled", "full"),
     "tie_rule": TIE_RULES,
     "meta_users": ("auto", "rule"),
 }
@@ -47,8 +55,8 @@ POSITIVE = ("dim", "batch_size", "meta_batch", "meta_samples", "cl_chunk", "opt_
             "opt_step_down", "meta_step_up", "meta_step_down", "patience", "knn_neighbors", "cascade_max_iter")
 NON_NEGATIVE = ("epochs", "n_layers", "reg", "beta", "grad_clip", "lr_clone", "opt_base_lr",
                 "opt_max_lr", "meta_opt_base_lr", "meta_opt_max_lr", "meta_dropout",
-                "opt_weight_decay", "meta_opt_weight_decay", "meta_gamma", "knn_shrink", "cascade_tolerance")
-UNIT = ("cascade_alpha", "cascade_beta")
+                "opt_weight_decay", "meta_opt_weight_decay", "meta_gamma", "knn_shrink", "cascade_tolerance", "init_std")
+UNIT = ("cascade_alpha", "cascade_beta", "history_negatives")
 FRACTIONS = ("cl_sample_ratio",)  # in (0, 1]
 
 

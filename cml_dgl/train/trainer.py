@@ -38,7 +38,7 @@ from tqdm import tqdm
 
 from cml_dgl.data.dataset import Dataset
 from cml_dgl.errors import CmlError
-from cml_dgl.eval.evaluate import evaluate, evaluate_sampled
+from cml_dgl.eval.evaluate import evaluate, evaluate_full, evaluate_sampled, training_mask
 from cml_dgl.heap import retain_freed_memory
 from cml_dgl.models import registry
 from cml_dgl.models.base import Scorer
@@ -100,6 +100,7 @@ class Trainer:
         self.state = TrainState()
         self.timer = Timer()
         self.on_epoch: EpochCallback | None = None
+        self._masks: dict[str, Any] = {}
 
     def steps_per_epoch(self) -> int:
         return self.strategy.steps_per_epoch()
@@ -114,18 +115,26 @@ class Trainer:
 
     def test_groups(self) -> dict[str, Any]:
         """The seen / new users of the test split (:func:`cml_dgl.eval.evaluate.grouped_metrics`),
-        sampled protocol, at the current weights."""
-        res = evaluate(self.ds, self.scorer(), split="test", ks=self.cfg["eval_ks"], tie_rule=self.cfg["tie_rule"],
-                       seed=self.cfg["seed"])[0]
+        by ``monitor_protocol``, at the current weights."""
+        res = evaluate(self.ds, self.scorer(), split="test", protocol=self.cfg["monitor_protocol"],
+                       ks=self.cfg["eval_ks"], tie_rule=self.cfg["tie_rule"], seed=self.cfg["seed"])[0]
         return {name: {"n_users": g["n_users"],
                        "metrics": None if g["metrics"] is None else {k: round(v, 6) for k, v in g["metrics"].items()}}
                 for name, g in res["groups"].items()}
 
     def evaluate(self, split: str) -> dict[str, float]:
+        """Metrics of ``split`` at the current weights, by config ``monitor_protocol``: ``sampled``
+        (the stored candidates) or ``full`` (every item, the user's training purchases masked)."""
         pairs = self.ds.valid if split == "valid" else self.ds.test
-        negs = self.ds.valid_negatives if split == "valid" else self.ds.test_negatives
-        res = evaluate_sampled(self.scorer(), pairs, negs, self.cfg["eval_ks"],
-                               tie_rule=self.cfg["tie_rule"], seed=self.cfg["seed"])
+        if self.cfg["monitor_protocol"] == "full":
+            if split not in self._masks:
+                self._masks[split] = training_mask(self.ds, "target", split)
+            res = evaluate_full(self.scorer(), pairs, self._masks[split], self.cfg["eval_ks"],
+                                tie_rule=self.cfg["tie_rule"], seed=self.cfg["seed"])
+        else:
+            negs = self.ds.valid_negatives if split == "valid" else self.ds.test_negatives
+            res = evaluate_sampled(self.scorer(), pairs, negs, self.cfg["eval_ks"],
+                                   tie_rule=self.cfg["tie_rule"], seed=self.cfg["seed"])
         return {k: round(float(v), 6) for k, v in res.items()}
 
     # ------------------------------------------------------------------ run directory

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from cml_dgl.errors import CmlError
-from cml_dgl.train.draws.host import EdgeIndex, MetaPointer
+from cml_dgl.train.draws.host import EdgeIndex, MetaPointer, unbought_index
 from cml_dgl.train.draws.types import CMLStep, DeviceTriples
 
 
@@ -117,7 +117,7 @@ class DeviceDraws:
 
     def __init__(self, index: list[EdgeIndex], target: tuple[np.ndarray, np.ndarray], cfg: dict[str, Any],
                  device: torch.device, seed: int, meta_pointer: MetaPointer | None = None,
-                 with_meta: bool = False) -> None:
+                 with_meta: bool = False, ds: Any = None) -> None:
         self.cfg, self.device, self.with_meta = cfg, device, with_meta
         self.gen = torch.Generator(device=device)
         self.gen.manual_seed(seed)
@@ -127,6 +127,8 @@ class DeviceDraws:
         self.meta_pointer = meta_pointer
         self.meta_users = (torch.from_numpy(meta_pointer.users).to(device) if meta_pointer is not None
                            else None)
+        self.pool = TorchEdgeIndex(unbought_index(ds), device) if ds is not None and \
+            cfg.get("history_negatives", 0.0) > 0 else None
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Tensor]:
@@ -175,6 +177,10 @@ class DeviceDraws:
         for k in range(K):
             pos = target_items if k == K - 1 else self.index[k].random_neighbor(users, self.gen)
             neg = self.index[k].sample_negatives(users, self.gen)
+            if k == K - 1 and self.pool is not None:
+                pick = self._rand(n) < cfg["history_negatives"]
+                cand = self.pool.random_neighbor(users, self.gen)
+                neg = torch.where(pick & (cand >= 0), cand, neg)
             if k == K - 1:
                 t, counts = DeviceTriples(users, pos, neg), torch.from_numpy(sizes).to(dev)
             else:

@@ -32,4 +32,4 @@ def make_draws(name: str, ds: Dataset, index: list[EdgeIndex], cfg: dict[str, An
     from cml_dgl.train.draws.device import DeviceDraws
 
     target = ds.edges(ds.n_behaviors - 1)
-    return DeviceDraws(index, target, cfg, device, seed, meta_pointer, with_meta)
+    return DeviceDraws(index, target, cfg, device, seed, meta_pointer, with_meta, ds=ds)

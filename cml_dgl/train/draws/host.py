@@ -74,6 +74,30 @@ def edge_indices(ds: Dataset) -> list[EdgeIndex]:
     return [EdgeIndex(*ds.edges(k), ds.n_users, ds.n_items) for k in range(ds.n_behaviors)]
 
 
+def unbought_index(ds: Dataset) -> EdgeIndex:
+    """Each user's items with an auxiliary edge and no target edge (viewed, carted... not bought):
+    the pool of config ``history_negatives``."""
+    K = ds.n_behaviors
+    aux = [ds.edges(k) for k in range(K - 1)]
+    u = np.concatenate([a[0] for a in aux]) if aux else np.zeros(0, np.int64)
+    i = np.concatenate([a[1] for a in aux]) if aux else np.zeros(0, np.int64)
+    bought = EdgeIndex(*ds.edges(K - 1), ds.n_users, ds.n_items)
+    keep = ~bought.contains(u, i) if len(u) else np.zeros(0, dtype=bool)
+    return EdgeIndex(u[keep], i[keep], ds.n_users, ds.n_items)
+
+
+def history_negatives(neg: np.ndarray, users: np.ndarray, pool: EdgeIndex, fraction: float,
+                      rng: np.random.Generator) -> np.ndarray:
+    """``neg`` with a ``fraction`` of its entries (each with that probability) replaced by a
+    uniform draw among the user's ``pool`` items, where the user has any."""
+    pick = np.flatnonzero(rng.random(len(users)) < fraction)
+    cand = pool.random_neighbor(users[pick], rng)
+    has = cand >= 0
+    out = neg.copy()
+    out[pick[has]] = cand[has]
+    return out
+
+
 @dataclass
 class Triples:
     """BPR triples of one behavior."""
@@ -111,12 +135,15 @@ class EpochSamples:
         return out
 
 
-def cml_epoch_samples(ds: Dataset, index: list[EdgeIndex], rng: np.random.Generator) -> EpochSamples:
+def cml_epoch_samples(ds: Dataset, index: list[EdgeIndex], rng: np.random.Generator,
+                      pool: EdgeIndex | None = None, fraction: float = 0.0) -> EpochSamples:
     """The official sampling, vectorised (cml-spec 3.1): one sample per target interaction.
 
     For the target behavior the positive is the interaction's item; for an auxiliary behavior k
     it is a uniform draw among the user's behavior-k items. Negatives are uniform among items the
-    user has no behavior-k edge with.
+    user has no behavior-k edge with; with ``pool`` and ``fraction`` > 0 (config
+    ``history_negatives``) that share of the target's negatives is drawn among the user's ``pool``
+    items instead (:func:`history_negatives`), after the uniform draws.
     """
     K = ds.n_behaviors
     tu, ti = ds.edges(K - 1)
@@ -127,6 +154,8 @@ def cml_epoch_samples(ds: Dataset, index: list[EdgeIndex], rng: np.random.Genera
     for k in range(K):
         pos[k] = target_items if k == K - 1 else index[k].random_neighbor(users, rng)
         neg[k] = index[k].sample_negatives(users, rng)
+    if pool is not None and fraction > 0:
+        neg[K - 1] = history_negatives(neg[K - 1], users, pool, fraction, rng)
     return EpochSamples(users, pos, neg)
 
 
@@ -232,6 +261,7 @@ class HostDraws:
         self.ds, self.index, self.cfg, self.device = ds, index, cfg, device
         self.meta_pointer, self.with_meta = meta_pointer, with_meta
         self.rng = np.random.default_rng(seed)
+        self.pool = unbought_index(ds) if cfg.get("history_negatives", 0.0) > 0 else None
 
     def state(self) -> dict[str, Any]:
         return {"numpy_rng": self.rng.bit_generator.state}
@@ -249,7 +279,7 @@ class HostDraws:
         """Every draw of the epoch's steps, in the order the steps consumed them one by one (none
         depends on the model), moved to the device in one copy."""
         cfg, K = self.cfg, self.ds.n_behaviors
-        samples = cml_epoch_samples(self.ds, self.index, self.rng)
+        samples = cml_epoch_samples(self.ds, self.index, self.rng, self.pool, cfg.get("history_negatives", 0.0))
         B, ratio = cfg["batch_size"], cfg["cl_sample_ratio"]
         meta_k = [k if cfg["meta_bpr_per_behavior"] else K - 1 for k in range(K)]
         pack, plan = IndexPack(), []
