@@ -65,6 +65,7 @@ VARIANTS: dict[str, list[str]] = {
     "layers2": ["n_layers=2"],
     "lr-hi": ["opt_base_lr=0.005", "opt_max_lr=0.02"],
     "lr-vhi": ["opt_base_lr=0.01", "opt_max_lr=0.05"],
+    "lr-const": ["opt_base_lr=0.005", "opt_max_lr=0.005"],
     "batch4096": ["batch_size=4096"],
     "batch1024": ["batch_size=1024"],
     "batch512": ["batch_size=512"],
@@ -74,6 +75,7 @@ VARIANTS: dict[str, list[str]] = {
     "hneg": ["history_negatives=0.5"],
     "hneg-all": ["history_negatives=1.0"],
     "hinit0": ["history_init=0.0"],
+    "hitem": ["history_item_weights=true"],
     "hinit3": ["history_init=3.0"],
     # baselines, for reference (no CML preset under them)
     "pop": ["model=pop"],

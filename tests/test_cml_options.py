@@ -205,7 +205,8 @@ def test_state_dict_round_trip_keeps_the_extra_terms(tiny_dataset):
 
 
 def test_paper_preset_gives_the_papers_equations_over_any_default():
-    keys = ("activation", "norm", "propagation", "readout", "fusion", "init", "reg_on", "item_bias", "history")
+    keys = ("activation", "norm", "propagation", "readout", "fusion", "init", "reg_on", "item_bias", "history",
+            "history_item_weights")
     changed = config.resolve(overrides=["propagation=linear", "readout=mean", "fusion=merged", "init=normal",
                                         "reg_on=ego",
                                         "item_bias=true", "history=auto", "activation=sigmoid"])
@@ -215,7 +216,7 @@ def test_paper_preset_gives_the_papers_equations_over_any_default():
         assert {k: cfg[k] for k in keys} == {"activation": "prelu", "norm": "sym", "propagation": "nonlinear",
                                              "readout": "concat", "fusion": "mean", "init": "xavier",
                                              "reg_on": "final",
-                                             "item_bias": False, "history": "none"}
+                                             "item_bias": False, "history": "none", "history_item_weights": False}
     assert config.resolve(presets=["ijcai15", "paper"])["batch_size"] == 8192  # the dataset's settings stay
 
 
@@ -279,3 +280,24 @@ def test_merged_fusion_is_lightgcn_merged_with_behavior_views(tiny_dataset):
     lazy.load_state_dict(model.state_dict())
     idx = torch.tensor([1, 4])
     torch.testing.assert_close(lazy(item_behavior=False).user_beh.rows([(1, idx)])[0], out.user_beh[1][idx])
+
+
+def test_per_item_history_weights(tiny_dataset):
+    ds = tiny_dataset
+    h = UserHistory.from_dataset(ds)
+    w = torch.randn(ds.n_items, ds.n_behaviors - 1, generator=torch.Generator().manual_seed(3))
+    x = _dense_history(ds)  # (K-1, U, I)
+    dense = np.einsum("kui,ik->ui", x, w.numpy())
+    users = torch.arange(ds.n_users)
+    np.testing.assert_allclose(h.rows(w, users).numpy(), dense, rtol=1e-5, atol=1e-6)
+    items = torch.randint(0, ds.n_items, (ds.n_users, 5), generator=torch.Generator().manual_seed(4))
+    np.testing.assert_allclose(h.pairs(w, users, items).numpy(), np.take_along_axis(dense, items.numpy(), 1),
+                               rtol=1e-5, atol=1e-6)
+    ds.options = {"stats": {"held_out_auxiliary": "keep"}}
+    model = CML.from_config(ds, _cfg(history="auto", history_item_weights="true"), torch.device("cpu"))
+    assert model.history_item_weight.shape == (ds.n_items, ds.n_behaviors - 1)
+    with torch.no_grad():
+        model.history_item_weight.copy_(w)
+        user, item = model.embeddings()
+    want = (user @ item.T).numpy() + np.einsum("kui,ik->ui", x, w.numpy() + 1.0)
+    np.testing.assert_allclose(model.scorer().score_users(users).numpy(), want, rtol=1e-5, atol=1e-5)

@@ -208,7 +208,9 @@ def test_history_negatives_in_both_samplers(sparse_ds, tmp_path, sampler):
     one of those; the others stay uniform non-purchases; the auxiliary negatives keep their rule."""
     ds = sparse_ds
     K = ds.n_behaviors
-    tr = _trainer(ds, tmp_path, f"sampler={sampler}", "history_negatives=1.0")
+    off = _trainer(ds, tmp_path / "off", f"sampler={sampler}", "history_negatives=1.0")
+    assert off.strategy.draws.pool is None, "without the history term the negatives stay uniform"
+    tr = _trainer(ds, tmp_path, f"sampler={sampler}", "history_negatives=1.0", "history=always")
     dense = [_dense(ds, k) for k in range(K)]
     pool = np.any(dense[:-1], axis=0) & ~dense[-1]
     n_pool = 0

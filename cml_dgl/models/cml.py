@@ -161,7 +161,7 @@ class CML(Recommender):
                  used_view_rows: bool = False, propagation: str = "nonlinear", readout: str = "concat",
                  init: str = "xavier", init_std: float = 0.1, item_bias: bool = False,
                  history: UserHistory | None = None, history_init: float = 1.0,
-                 merged_propagator: Propagator | None = None):
+                 merged_propagator: Propagator | None = None, history_item_weights: bool = False):
         super().__init__()
         for name, value, allowed in (("activation", activation, ACTIVATIONS), ("propagation", propagation, PROPAGATIONS),
                                      ("readout", readout, READOUTS), ("init", init, INITS)):
@@ -204,6 +204,8 @@ class CML(Recommender):
             self.item_bias = nn.Parameter(torch.zeros(n_items))
         if history is not None:
             self.history_weight = nn.Parameter(torch.full((n_behaviors - 1,), float(history_init)))
+            if history_item_weights:
+                self.history_item_weight = nn.Parameter(torch.zeros(n_items, n_behaviors - 1))
 
     @classmethod
     def from_config(cls, ds: Any, cfg: dict[str, Any], device: torch.device) -> "CML":
@@ -221,7 +223,7 @@ class CML(Recommender):
                     used_view_rows=cfg["used_view_rows"], propagation=cfg["propagation"],
                     readout=cfg["readout"], init=cfg["init"], init_std=cfg["init_std"],
                     item_bias=cfg["item_bias"], history=history, history_init=cfg["history_init"],
-                    merged_propagator=merged).to(device)
+                    merged_propagator=merged, history_item_weights=cfg["history_item_weights"]).to(device)
         meta = None
         if cfg["variant"] != "no-meta":
             meta = MetaWeightNet(dim=cfg["dim"], dropout=cfg["meta_dropout"], gamma=cfg["meta_gamma"],
@@ -252,9 +254,15 @@ class CML(Recommender):
         without ``target`` (an auxiliary behavior's BPR term) :math:`b_i` alone."""
         out = self.item_bias[items] if hasattr(self, "item_bias") else None
         if self.history is not None and target:
-            h = self.history.pairs(self.history_weight, users, items)
+            h = self.history.pairs(self._history_weights(), users, items)
             out = h if out is None else out + h
         return out
+
+    def _history_weights(self) -> Tensor:
+        """a (K-1,), or a + c (I, K-1) with per-item weights."""
+        if hasattr(self, "history_item_weight"):
+            return self.history_weight + self.history_item_weight
+        return self.history_weight
 
     @torch.no_grad()
     def scorer(self) -> Scorer:
@@ -262,7 +270,7 @@ class CML(Recommender):
         if not self.has_extra_terms:
             return EmbeddingScorer(user, item)
         bias = self.item_bias.detach() if hasattr(self, "item_bias") else None
-        weights = self.history_weight.detach() if self.history is not None else None
+        weights = self._history_weights().detach() if self.history is not None else None
         return ExtendedScorer(user, item, bias, self.history, weights)
 
     @torch.no_grad()
