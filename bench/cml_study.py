@@ -43,6 +43,9 @@ VARIANTS: dict[str, list[str]] = {
     "base": [],                                             # the paper's equations as written
     "code-encoder": ["activation=sigmoid", "norm=none"],    # the authors' encoder
     "official": ["@official"],                              # --preset official (bugs included)
+    "paper": ["@paper"],                                    # --preset paper
+    "light": ["@light"],                                    # --preset light (the study's candidate)
+    "mbcgcn": ["@mbcgcn"],                                  # --preset mbcgcn (the MB-CGCN list layout)
     "linear": ["propagation=linear"],
     "mean-readout": ["readout=mean"],
     "normal-init": ["init=normal"],
@@ -80,6 +83,8 @@ VARIANTS: dict[str, list[str]] = {
     # baselines, for reference (no CML preset under them)
     "pop": ["model=pop"],
     "cascading-rank": ["model=cascading-rank"],
+    "history-rule": ["model=history"],
+    "itemknn": ["model=itemknn"],
     "lightgcn-merged": ["model=lightgcn-merged", "dim=64", "opt_base_lr=0.001", "opt_max_lr=0.005", "reg=0.0001"],
 }
 

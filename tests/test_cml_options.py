@@ -301,3 +301,17 @@ def test_per_item_history_weights(tiny_dataset):
         user, item = model.embeddings()
     want = (user @ item.T).numpy() + np.einsum("kui,ik->ui", x, w.numpy() + 1.0)
     np.testing.assert_allclose(model.scorer().score_users(users).numpy(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_light_and_mbcgcn_presets_layer_over_a_dataset_preset_and_paper_undoes_them():
+    light = config.resolve(presets=["ijcai15", "light"])
+    assert (light["propagation"], light["readout"], light["fusion"], light["dim"], light["item_bias"]) == \
+        ("linear", "mean", "merged", 64, True)
+    assert light["batch_size"] == 8192  # the dataset's own settings stay
+    tm = config.resolve(presets=["tmall", "light", "mbcgcn"])
+    assert tm["monitor_protocol"] == "full" and tm["item_bias"] is False and tm["history"] == "auto"
+    back = config.resolve(presets=["ijcai15", "light", "paper"])
+    assert (back["propagation"], back["readout"], back["fusion"], back["item_bias"], back["history"]) == \
+        ("nonlinear", "concat", "mean", False, "none")
+    off = config.resolve(presets=["ijcai15", "light", "official"])
+    assert (off["activation"], off["norm"], off["propagation"], off["readout"]) == ("sigmoid", "none", "nonlinear", "concat")

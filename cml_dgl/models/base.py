@@ -128,6 +128,10 @@ class Recommender(nn.Module):
         """The training objective of one batch: ``(total, parts)``, the parts detached for logging."""
         raise CmlError(f"{type(self).__name__} is not trained; it has no training objective")
 
+    def draw_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """The config the training draws are made with: ``cfg``, or a copy a model adjusts."""
+        return cfg
+
     def training_edges(self, ds: Any) -> tuple[np.ndarray, np.ndarray]:
         """``(users, items)`` int64: the positives of a pairwise (BPR) model."""
         raise CmlError(f"{type(self).__name__} has no pairwise training positives")

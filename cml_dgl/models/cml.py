@@ -258,6 +258,10 @@ class CML(Recommender):
             out = h if out is None else out + h
         return out
 
+    def draw_config(self, cfg: dict[str, Any]) -> dict[str, Any]:
+        """History negatives go with the history term: without it the draws stay uniform."""
+        return cfg if self.history is not None else {**cfg, "history_negatives": 0.0}
+
     def _history_weights(self) -> Tensor:
         """a (K-1,), or a + c (I, K-1) with per-item weights."""
         if hasattr(self, "history_item_weight"):

@@ -27,7 +27,7 @@ from cml_dgl.models.registry import MODELS, REGISTRY
 from cml_dgl.train.devices import DEVICES
 from cml_dgl.train.draws.factory import SAMPLERS
 
-PRESETS = ("retailrocket", "ijcai15", "tmall", "official", "paper", "demo")
+PRESETS = ("retailrocket", "ijcai15", "tmall", "mbcgcn", "official", "paper", "light", "demo")
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODELS,
     "variant": VARIANTS,

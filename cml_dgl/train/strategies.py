@@ -204,8 +204,7 @@ class MetaStep(Strategy):
         self.meta_pointer = MetaPointer(np.asarray(meta_users, dtype=np.int64), cfg["meta_batch"])
         self.n_samples = len(ds.edges(ds.n_behaviors - 1)[0])
         self._require_samples()
-        if getattr(model, "history", None) is None:  # history negatives go with the history term
-            cfg = {**cfg, "history_negatives": 0.0}
+        cfg = model.draw_config(cfg)
         self.draws = make_draws(self.sampler, ds, index, cfg, device, cfg["seed"], self.meta_pointer,
                                 with_meta=self.meta is not None)
         self._main_optimizer()
