@@ -1,6 +1,6 @@
 """Seconds per training epoch, split into sampling, the three CML phases and evaluation.
 
-    python bench/train_speed.py [--epochs 5] [--json] [--datasets retailrocket,ijcai]
+    python bench/train_speed.py [--epochs 5] [--json] [--datasets retailrocket,ijcai] [--preset light]
     python bench/train_speed.py --scale 1,4,16 [--max-steps 5] [--backend torch] [--json]
 
 Datasets: the Retailrocket benchmark (published batch size 2048) and a synthetic dataset of the
@@ -160,6 +160,8 @@ def main() -> None:
     ap.add_argument("--max-steps", type=int, default=5,
                     help="with --scale: training steps timed per size (the first is warm-up)")
     ap.add_argument("--one-scale", type=float, default=None, help=argparse.SUPPRESS)
+    ap.add_argument("--preset", action="append", default=[],
+                    help="presets layered over each dataset's own (repeatable), e.g. light or paper")
     add_threads_arg(ap)
     args = ap.parse_args()
     apply_threads(args.threads)
@@ -191,16 +193,17 @@ def main() -> None:
     from cml_dgl.data.synth import synthetic_dataset
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cml-speed-"))
-    res: dict = {"backend": args.backend, "torch_threads": torch.get_num_threads(), "datasets": {}}
+    res: dict = {"backend": args.backend, "torch_threads": torch.get_num_threads(), "presets": args.preset,
+                 "datasets": {}}
     for name in args.datasets.split(","):
         if name == "retailrocket":
             ds = load_dataset(retailrocket_dataset(valid=False, workdir=args.workdir))
-            r = time_training(ds, ["retailrocket"], ["monitor=test", f"backend={args.backend}"],
+            r = time_training(ds, ["retailrocket", *args.preset], ["monitor=test", f"backend={args.backend}"],
                               args.epochs, work / "run-rr")
         elif name == "ijcai":
             ds = synthetic_dataset(17_435, 35_920, 800_000, ("click", "fav", "cart", "buy"),
                                    share={"click": 0.76, "fav": 0.075, "cart": 0.001, "buy": 0.164}, seed=0)
-            r = time_training(ds, ["ijcai15"], [f"backend={args.backend}"], args.epochs, work / "run-ij")
+            r = time_training(ds, ["ijcai15", *args.preset], [f"backend={args.backend}"], args.epochs, work / "run-ij")
         else:
             sys.exit(f"unknown dataset {name!r}")
         r["train_edges"] = sum(ds.train_counts().values())

@@ -315,3 +315,34 @@ def test_light_and_mbcgcn_presets_layer_over_a_dataset_preset_and_paper_undoes_t
         ("nonlinear", "concat", "mean", False, "none")
     off = config.resolve(presets=["ijcai15", "light", "official"])
     assert (off["activation"], off["norm"], off["propagation"], off["readout"]) == ("sigmoid", "none", "nonlinear", "concat")
+
+
+def test_a_run_saved_before_the_new_keys_still_opens(tiny_dataset, tmp_path):
+    """A checkpoint whose config lacks keys added since (fusion, history, ...) was trained as their
+    defaults say: evaluate, export and --resume accept it; a real difference is still refused."""
+    import yaml
+
+    from cml_dgl.data.dataset import load_dataset, write_dataset
+    from cml_dgl.runs import load_run
+    from cml_dgl.train.checkpoint import load_checkpoint, save_checkpoint
+    from cml_dgl.train.trainer import Trainer
+
+    ds_dir = tmp_path / "ds"
+    write_dataset(tiny_dataset, ds_dir)
+    cfg = config.resolve(overrides=["epochs=1", "device=cpu", "backend=torch", "batch_size=8", "meta_batch=4",
+                                    "meta_samples=2"])
+    run = tmp_path / "run"
+    tr = Trainer(load_dataset(ds_dir), cfg, run, quiet=True)
+    tr.prepare_run_dir()
+    tr.fit()
+    new_keys = ("fusion", "propagation", "readout", "history", "history_item_weights", "item_bias")
+    for path in sorted((run / "checkpoints").glob("*.pt")):  # as an older version wrote them
+        state, info = load_checkpoint(path)
+        info["config"] = {k: v for k, v in info["config"].items() if k not in new_keys}
+        save_checkpoint(path, state, info)
+    old = yaml.safe_load((run / "config.yaml").read_text())
+    (run / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in old.items() if k not in new_keys}))
+    assert load_run(run).model is not None
+    (run / "config.yaml").write_text(yaml.safe_dump({**old, "fusion": "merged"}))
+    with pytest.raises(CmlError, match="fusion"):
+        load_run(run)

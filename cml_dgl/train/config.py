@@ -296,10 +296,17 @@ def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
 
 
 def differences(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
-    """``"key: A vs B"`` for every key (outside ``ignore``) whose values differ between two configs."""
-    skip = set(ignore)
-    return [f"{k}: {quote(a.get(k), 60)} vs {quote(b.get(k), 60)}"
-            for k in sorted(set(a) | set(b), key=str) if k not in skip and a.get(k) != b.get(k)]
+    """``"key: A vs B"`` for every key (outside ``ignore``) whose values differ between two configs.
+
+    A key one side lacks counts as its default: a run saved before a key existed was trained as
+    that key's default says (a new key's default keeps the behaviour from before it)."""
+    skip, base = set(ignore), defaults()
+    out = []
+    for k in sorted(set(a) | set(b), key=str):
+        va, vb = a.get(k, base.get(k)), b.get(k, base.get(k))
+        if k not in skip and va != vb:
+            out.append(f"{k}: {quote(va, 60)} vs {quote(vb, 60)}")
+    return out
 
 
 def dump(cfg: dict[str, Any]) -> str:
