@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from cml_dgl.data.dataset import Dataset
+from cml_dgl.data.dataset import Dataset, write_dataset
 
 os.environ.setdefault("DGLBACKEND", "pytorch")
 
@@ -95,6 +95,14 @@ def write_published_split(folder: Path) -> None:
     for name in ("view", "cart", "buy"):
         (folder / f"trn_{name}").write_bytes(pickle.dumps(m))
     (folder / "tst_int").write_bytes(pickle.dumps([3, None]))
+
+
+def tiny_mf_run(base: Path, epochs: int) -> Path:
+    """``base/ds`` (a 20-user tiny dataset) and ``base/run``, an MF run of ``epochs`` on it; returns ``base``."""
+    write_dataset(make_tiny_dataset(n_users=20, n_items=30, seed=2), base / "ds")
+    run_cli_ok("train", base / "ds", "-o", base / "run", "--model", "mf", "--epochs", str(epochs), "--quiet",
+               "--backend", "torch")
+    return base
 
 
 def run_cli_ok(*args):

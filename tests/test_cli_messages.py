@@ -13,8 +13,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cml_dgl.data.dataset import load_dataset, write_dataset
-from conftest import assert_one_line_error, make_tiny_dataset, run_cli, run_cli_ok
+from cml_dgl.data.dataset import load_dataset
+from conftest import assert_one_line_error, run_cli, run_cli_ok, tiny_mf_run
 
 REPO = Path(__file__).resolve().parents[1]
 CSV = ["--behaviors", "view,cart,buy", "--negatives", "5", "-q"]
@@ -38,11 +38,7 @@ def log_text(users: int = 8, rows: int = 240, buyers_only_once=()) -> str:
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    base = tmp_path_factory.mktemp("msg")
-    write_dataset(make_tiny_dataset(n_users=20, n_items=30, seed=2), base / "ds")
-    run_cli_ok("train", base / "ds", "-o", base / "run", "--model", "mf", "--epochs", "3", "--quiet",
-               "--backend", "torch")
-    return base
+    return tiny_mf_run(tmp_path_factory.mktemp("msg"), epochs=3)
 
 
 def test_checkpoint_prev_and_other_names(trained):

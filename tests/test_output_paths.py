@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from cml_dgl.data.dataset import load_dataset, write_dataset
+from cml_dgl.data.dataset import load_dataset
 from cml_dgl.outputs import MARK, folder_kind
-from conftest import assert_one_line_error, make_tiny_dataset, run_cli, run_cli_ok
+from conftest import assert_one_line_error, run_cli, run_cli_ok, tiny_mf_run
 
 BEHAVIORS = ["--behaviors", "view,cart,buy"]
 
@@ -47,11 +47,7 @@ def snapshot(folder: Path) -> dict[str, tuple]:
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A tiny dataset and a one-epoch MF run on it."""
-    base = tmp_path_factory.mktemp("trained")
-    write_dataset(make_tiny_dataset(n_users=20, n_items=30, seed=2), base / "ds")
-    run_cli_ok("train", base / "ds", "-o", base / "run", "--model", "mf", "--epochs", "1", "--quiet",
-               "--backend", "torch")
-    return base
+    return tiny_mf_run(tmp_path_factory.mktemp("trained"), epochs=1)
 
 
 # ------------------------------------------------------------------ point 1: --overwrite

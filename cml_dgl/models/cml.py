@@ -317,6 +317,31 @@ class CML(Recommender):
 
         return UserViews(layer, readout, propagated)
 
+    def _layer(self, layer: int, h_u: Tensor, h_i: Tensor, behavior_specific: bool, item_views: bool,
+               lazy: bool) -> tuple[Tensor | None, ...]:
+        """One layer before its activation: the propagated P_u, P_i (K,·,d), their projections
+        Q_u, Q_i (None where no view needs them) and the fused pre-activations M_u, M_i."""
+        if self.merged_propagator is not None:  # fusion: merged, the union graph for the fused path
+            f_u, f_i = self.merged_propagator(h_u, h_i)
+            p_u = self.propagator.user_side(h_i) if behavior_specific else None
+            p_i = self.propagator.item_side(h_u) if item_views else None
+            q_u = self._project("user", layer, p_u) if behavior_specific and not lazy else None
+            q_i = self._project("item", layer, p_i) if item_views else None
+            return p_u, p_i, q_u, q_i, self._project("user", layer, f_u[0]), self._project("item", layer, f_i[0])
+        if self.merged_item_mean:
+            p_u, p_i = self.propagator.user_side(h_i), self.propagator.item_side(h_u) if item_views else None
+            mean_i = self.propagator.item_mean(h_u)
+        else:
+            p_u, p_i = self.propagator(h_u, h_i)
+            mean_i = None if item_views else p_i.mean(0)
+        # mean_k(P^k) W = mean_k(P^k W): one (K,·,d) product serves both paths; the lazy user
+        # views project only their rows, so the fused path projects the mean
+        q_u = None if lazy else self._project("user", layer, p_u)
+        q_i = self._project("item", layer, p_i) if item_views else None
+        m_u = self._project("user", layer, p_u.mean(0)) if lazy else q_u.mean(0)
+        m_i = q_i.mean(0) if mean_i is None else self._project("item", layer, mean_i)
+        return p_u, p_i, q_u, q_i, m_u, m_i
+
     def _encode(self, behavior_specific: bool, item_behavior: bool = True) -> CMLOutput:
         if not same_device(self.user_emb.device, self.propagator.device):
             raise CmlError(f"model parameters are on {self.user_emb.device} but the propagator is on "
@@ -326,37 +351,8 @@ class CML(Recommender):
         item_views = behavior_specific and item_behavior
         lazy = behavior_specific and not item_behavior and self.used_view_rows
         pre_u = []
-        merged = self.merged_propagator
         for layer in range(self.n_layers):
-            if merged is not None:
-                f_u, f_i = merged(h_u, h_i)
-                p_u = self.propagator.user_side(h_i) if behavior_specific else None
-                p_i = self.propagator.item_side(h_u) if item_views else None
-                q_u = self._project("user", layer, p_u) if behavior_specific and not lazy else None
-                q_i = self._project("item", layer, p_i) if item_views else None
-                h_u = self._act("user", layer, self._project("user", layer, f_u[0]))
-                h_i = self._act("item", layer, self._project("item", layer, f_i[0]))
-                fused_u.append(h_u)
-                fused_i.append(h_i)
-                if lazy:
-                    pre_u.append(p_u)
-                elif behavior_specific:
-                    beh_u.append(self._act("user", layer, q_u))
-                    if item_behavior:
-                        beh_i.append(self._act("item", layer, q_i))
-                continue
-            if self.merged_item_mean:
-                p_u, p_i = self.propagator.user_side(h_i), self.propagator.item_side(h_u) if item_views else None
-                mean_i = self.propagator.item_mean(h_u)
-            else:
-                p_u, p_i = self.propagator(h_u, h_i)
-                mean_i = None if item_views else p_i.mean(0)
-            # mean_k(P^k) W = mean_k(P^k W): one (K,·,d) product serves both paths; the lazy user
-            # views project only their rows, so the fused path projects the mean
-            q_u = None if lazy else self._project("user", layer, p_u)
-            q_i = self._project("item", layer, p_i) if item_views else None
-            m_u = self._project("user", layer, p_u.mean(0)) if lazy else q_u.mean(0)
-            m_i = q_i.mean(0) if mean_i is None else self._project("item", layer, mean_i)
+            p_u, p_i, q_u, q_i, m_u, m_i = self._layer(layer, h_u, h_i, behavior_specific, item_views, lazy)
             h_u = self._act("user", layer, m_u)
             h_i = self._act("item", layer, m_i)
             fused_u.append(h_u)
@@ -370,16 +366,13 @@ class CML(Recommender):
         ego_u, ego_i = self.user_emb, self.item_emb
         user = self._read("user", fused_u, ego_u)
         item = self._read("item", fused_i, ego_i)
+        extra = self.extra if self.has_extra_terms else None
         if not behavior_specific:
             empty = user.new_empty(0)
-            return CMLOutput(user, item, empty, empty, ego_u, ego_i, self._extra_fn())
+            return CMLOutput(user, item, empty, empty, ego_u, ego_i, extra)
         item_beh = self._read("item", beh_i, ego_i) if item_behavior else item.new_empty(0)
-        if lazy:
-            return CMLOutput(user, item, self._user_views(pre_u), item_beh, ego_u, ego_i, self._extra_fn())
-        return CMLOutput(user, item, self._read("user", beh_u, ego_u), item_beh, ego_u, ego_i, self._extra_fn())
-
-    def _extra_fn(self):
-        return self.extra if self.has_extra_terms else None
+        user_beh = self._user_views(pre_u) if lazy else self._read("user", beh_u, ego_u)
+        return CMLOutput(user, item, user_beh, item_beh, ego_u, ego_i, extra)
 
     def forward(self, item_behavior: bool = True) -> CMLOutput:
         """Fused and behavior-specific embeddings of all users and items.

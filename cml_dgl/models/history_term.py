@@ -27,6 +27,7 @@ import torch
 from torch import Tensor
 
 from cml_dgl.errors import CmlError
+from cml_dgl.models.topk import csr_row_entries
 
 HISTORY_CHOICES = ("none", "auto", "always")
 
@@ -102,14 +103,8 @@ class UserHistory:
     def rows(self, weights: Tensor, users: Tensor) -> Tensor:
         """h(u, ·) of ``users`` (n,): (n, I)."""
         out = weights.new_zeros((len(users), self.n_items))
-        starts, ends = self.indptr[users], self.indptr[users + 1]
-        counts = ends - starts
-        total = int(counts.sum())
-        if total:
-            row = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts, output_size=total)
-            entry = torch.arange(total, device=users.device) - torch.repeat_interleave(
-                torch.cumsum(counts, 0) - counts, counts, output_size=total) + torch.repeat_interleave(
-                starts, counts, output_size=total)
+        row, entry = csr_row_entries(self.indptr, users)
+        if len(entry):
             cols = self.keys[entry] % self.n_items
             w = weights[cols] if weights.dim() == 2 else weights
             out[row, cols] = (self.indicator[entry] * w).sum(-1)

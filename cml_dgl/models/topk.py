@@ -37,14 +37,21 @@ def _csr_parts(exclude: Any, n_users: int, n_items: int, device: torch.device) -
     return indptr.to(device=device, dtype=torch.int64), indices.to(device=device, dtype=torch.int64)
 
 
+def csr_row_entries(indptr: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(position in ``users``, entry index into the CSR arrays) of every stored entry of the rows
+    ``users`` of a CSR matrix with row offsets ``indptr``, row after row."""
+    lo = indptr[users]
+    counts = indptr[users + 1] - lo
+    total = int(counts.sum())
+    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts, output_size=total)
+    shift = lo - (torch.cumsum(counts, 0) - counts)  # entry = position in the concatenation + shift of its row
+    return rows, torch.arange(total, device=users.device) + torch.repeat_interleave(shift, counts, output_size=total)
+
+
 def _excluded(indptr: torch.Tensor, indices: torch.Tensor, users: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(row in the chunk, item) of every excluded entry of ``users``' rows."""
-    lo, hi = indptr[users], indptr[users + 1]
-    counts = hi - lo
-    rows = torch.repeat_interleave(torch.arange(len(users), device=users.device), counts)
-    starts = torch.cumsum(counts, 0) - counts
-    offset = torch.arange(int(counts.sum()), device=users.device) - torch.repeat_interleave(starts, counts)
-    return rows, indices[torch.repeat_interleave(lo, counts) + offset]
+    rows, entries = csr_row_entries(indptr, users)
+    return rows, indices[entries]
 
 
 def exact_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -128,7 +128,7 @@ class DeviceDraws:
         self.meta_users = (torch.from_numpy(meta_pointer.users).to(device) if meta_pointer is not None
                            else None)
         self.pool = TorchEdgeIndex(unbought_index(ds), device) if ds is not None and \
-            cfg.get("history_negatives", 0.0) > 0 else None
+            cfg["history_negatives"] > 0 else None
 
     # ------------------------------------------------------------------ state
     def state(self) -> dict[str, Tensor]:

@@ -261,7 +261,7 @@ class HostDraws:
         self.ds, self.index, self.cfg, self.device = ds, index, cfg, device
         self.meta_pointer, self.with_meta = meta_pointer, with_meta
         self.rng = np.random.default_rng(seed)
-        self.pool = unbought_index(ds) if cfg.get("history_negatives", 0.0) > 0 else None
+        self.pool = unbought_index(ds) if cfg["history_negatives"] > 0 else None
 
     def state(self) -> dict[str, Any]:
         return {"numpy_rng": self.rng.bit_generator.state}
@@ -279,7 +279,7 @@ class HostDraws:
         """Every draw of the epoch's steps, in the order the steps consumed them one by one (none
         depends on the model), moved to the device in one copy."""
         cfg, K = self.cfg, self.ds.n_behaviors
-        samples = cml_epoch_samples(self.ds, self.index, self.rng, self.pool, cfg.get("history_negatives", 0.0))
+        samples = cml_epoch_samples(self.ds, self.index, self.rng, self.pool, cfg["history_negatives"])
         B, ratio = cfg["batch_size"], cfg["cl_sample_ratio"]
         meta_k = [k if cfg["meta_bpr_per_behavior"] else K - 1 for k in range(K)]
         pack, plan = IndexPack(), []
