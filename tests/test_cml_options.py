@@ -346,3 +346,8 @@ def test_a_run_saved_before_the_new_keys_still_opens(tiny_dataset, tmp_path):
     (run / "config.yaml").write_text(yaml.safe_dump({**old, "fusion": "merged"}))
     with pytest.raises(CmlError, match="fusion"):
         load_run(run)
+
+
+def test_a_yaml_boolean_for_a_choice_key_names_the_choices():
+    with pytest.raises(CmlError, match=r"history must be one of none, auto, always, got True \(YAML reads on"):
+        config.resolve(overrides=["history=on"])

@@ -196,10 +196,12 @@ def _coerce(key: str, value: Any, default: Any, where: str) -> Any:
                            for v in value)):
             raise CmlError(f"{where}: {key} must be a list of 1 to {EVAL_KS_MAX} integers in "
                            f"[1, {EVAL_K_MAX}], got {shown}")
-    elif isinstance(default, str):
-        if not isinstance(value, str):
-            raise CmlError(f"{where}: {key} must be a string, got {shown}")
     choices = tuple(REGISTRY) if key == "model" else CHOICES.get(key)  # models registered at run time too
+    if isinstance(default, str) and not isinstance(value, str):
+        if isinstance(value, bool) and choices:  # YAML reads on/off/yes/no as booleans
+            raise CmlError(f"{where}: {key} must be one of {', '.join(choices)}, got {shown} "
+                           "(YAML reads on, off, yes and no as true and false)")
+        raise CmlError(f"{where}: {key} must be a string, got {shown}")
     if key == "device":
         check_device_name(value, f"{where}: {key}")
     elif choices is not None and value not in choices:
