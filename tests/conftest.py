@@ -97,6 +97,15 @@ def write_published_split(folder: Path) -> None:
     (folder / "tst_int").write_bytes(pickle.dumps([3, None]))
 
 
+def dense_adjacency(ds, behaviors) -> np.ndarray:
+    """The 0/1 users x items matrix of the training edges of ``behaviors`` (indices), merged."""
+    a = np.zeros((ds.n_users, ds.n_items))
+    for k in behaviors:
+        u, i = ds.edges(k)
+        a[u, i] = 1.0
+    return a
+
+
 def tiny_mf_run(base: Path, epochs: int) -> Path:
     """``base/ds`` (a 20-user tiny dataset) and ``base/run``, an MF run of ``epochs`` on it; returns ``base``."""
     write_dataset(make_tiny_dataset(n_users=20, n_items=30, seed=2), base / "ds")

@@ -12,7 +12,7 @@ from cml_dgl.graph.backends import build_propagator
 from cml_dgl.models import registry
 from cml_dgl.models.baselines import MF, LightGCN, Popularity
 from cml_dgl.train import config
-from tests.conftest import make_tiny_dataset
+from tests.conftest import dense_adjacency, make_tiny_dataset
 
 
 def make_baseline(name, ds, dim=64, n_layers=3, backend="auto"):
@@ -36,13 +36,6 @@ def dense_lightgcn(a: np.ndarray, e_u: np.ndarray, e_i: np.ndarray, n_layers: in
         su, si = su + hu, si + hi
     return su / (n_layers + 1), si / (n_layers + 1)
 
-
-def dense_adjacency(ds, behaviors) -> np.ndarray:
-    a = np.zeros((ds.n_users, ds.n_items))
-    for k in behaviors:
-        u, i = ds.edges(k)
-        a[u, i] = 1.0
-    return a
 
 
 def triples(ds, users, items, n: int, seed: int):

@@ -14,6 +14,7 @@ from cml_dgl.models import CML
 from cml_dgl.models.cml_loss import CMLBatch
 from cml_dgl.models.history_term import UserHistory, history_enabled, keeps_history
 from cml_dgl.train import config
+from tests.conftest import dense_adjacency
 
 
 def _model(ds, seed=0, **options):
@@ -115,11 +116,7 @@ def test_reg_on_ego_regularises_the_ego_rows(tiny_dataset):
 
 
 def _dense_history(ds):
-    x = np.zeros((ds.n_behaviors - 1, ds.n_users, ds.n_items))
-    for k in range(ds.n_behaviors - 1):
-        u, i = ds.edges(k)
-        x[k, u, i] = 1.0
-    return x
+    return np.stack([dense_adjacency(ds, [k]) for k in range(ds.n_behaviors - 1)])
 
 
 def test_user_history_pairs_and_rows_match_the_dense_indicator(tiny_dataset):

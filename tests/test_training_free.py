@@ -14,19 +14,12 @@ from cml_dgl.models import registry
 from cml_dgl.models.baselines import cascading_rank, itemknn
 from cml_dgl.models.baselines.history import History
 from cml_dgl.train import config
-from tests.conftest import make_tiny_dataset
+from tests.conftest import dense_adjacency, make_tiny_dataset
 
 
 def build(name, ds, *sets):
     return registry.build(ds, config.resolve(overrides=[f"model={name}", *sets]), torch.device("cpu"))
 
-
-def dense(ds, behaviors) -> np.ndarray:
-    a = np.zeros((ds.n_users, ds.n_items))
-    for k in behaviors:
-        u, i = ds.edges(k)
-        a[u, i] = 1.0
-    return a
 
 
 def all_scores(model) -> np.ndarray:
@@ -51,7 +44,7 @@ def reference_knn(r: np.ndarray, k: int, shrink: float) -> np.ndarray:
 @pytest.mark.parametrize("k,shrink", [(3, 0.0), (5, 2.5), (100, 0.0)])
 def test_itemknn_similarity_and_scores_match_the_dense_reference(k, shrink, monkeypatch):
     ds = make_tiny_dataset(n_users=15, n_items=25, seed=3)
-    r = dense(ds, range(ds.n_behaviors))
+    r = dense_adjacency(ds, range(ds.n_behaviors))
     want = reference_knn(r, k, shrink)
     model = build("itemknn", ds, f"knn_neighbors={k}", f"knn_shrink={shrink}")
     np.testing.assert_allclose(model.similarity.toarray(), want, rtol=1e-6, atol=1e-7)
@@ -68,7 +61,7 @@ def test_itemknn_similarity_and_scores_match_the_dense_reference(k, shrink, monk
 def test_itemknn_merges_every_behavior_and_shrinkage_orders_by_support():
     ds = make_tiny_dataset(n_users=15, n_items=25, seed=4)
     model = build("itemknn", ds)
-    np.testing.assert_array_equal(model.interactions.toarray(), dense(ds, range(ds.n_behaviors)))
+    np.testing.assert_array_equal(model.interactions.toarray(), dense_adjacency(ds, range(ds.n_behaviors)))
     shrunk = build("itemknn", ds, "knn_shrink=50.0").similarity.toarray()
     plain = model.similarity.toarray()
     nz = plain > 0
@@ -81,7 +74,7 @@ def reference_history_key(ds, behaviors):
     tier = np.zeros((ds.n_users, ds.n_items), dtype=int)
     count = np.zeros_like(tier)
     for h, k in enumerate(behaviors):
-        a = dense(ds, [k]) > 0
+        a = dense_adjacency(ds, [k]) > 0
         tier[a] = h + 1
         count += a
     pop = np.bincount(ds.edges(ds.n_behaviors - 1)[1], minlength=ds.n_items)
@@ -126,7 +119,7 @@ def reference_cascade(ds, alpha, beta, tol, max_iter):
     gamma = 1 - alpha - beta
     mats = []
     for k in range(ds.n_behaviors):
-        a = dense(ds, [k])
+        a = dense_adjacency(ds, [k])
         du, di = a.sum(1), a.sum(0)
         iu = np.where(du > 0, 1 / np.sqrt(np.maximum(du, 1)), 0)
         ii = np.where(di > 0, 1 / np.sqrt(np.maximum(di, 1)), 0)
@@ -188,7 +181,7 @@ def test_the_cascade_carries_earlier_behaviors_into_the_target_only_through_beta
                                   all_scores(build("cascading-rank", buy_only, *no_cascade)))
     s = all_scores(build("cascading-rank", ds))
     assert not np.allclose(s, all_scores(build("cascading-rank", buy_only)))
-    viewed = dense(ds, [0]) > 0
+    viewed = dense_adjacency(ds, [0]) > 0
     assert (s >= 0).all() and (s[viewed] > 0).all()
 
 
