@@ -59,7 +59,10 @@ def _interrupted(rundir: RunDir, cfg: dict, saved: dict) -> None:
               help="Run directory to create (config, metrics.jsonl, checkpoints).")
 @click.option("--preset", "presets", multiple=True,
               type=LazyChoice(_presets),
-              help="Published hyperparameters; repeatable (later wins), e.g. --preset retailrocket --preset official.")
+              help="Config presets, repeatable (later wins): a dataset's settings (retailrocket, ijcai15, tmall; "
+                   "mbcgcn for the list layout), the authors' hyperparameters (authors-<dataset>), the paper's "
+                   "equations (paper), the authors' code (official), e.g. --preset authors-retailrocket "
+                   "--preset official.")
 @click.option("--config", "config_file", type=click.Path(path_type=Path),
               help="A YAML file of config keys, over the presets.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE",

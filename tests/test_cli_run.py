@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from click.testing import CliRunner
 
 from cml_dgl_cli.main import cli
@@ -79,8 +80,7 @@ def test_recommend(run_dir):
     bu, bi = run.ds.edges(run.ds.n_behaviors - 1)
     bought = {str(run.ds.item_ids[i]) for i in bi[bu == 3]}
     assert not bought & {str(r["item"]) for r in recs}
-    user, item = run.embeddings()
-    s = (item @ user[3]).numpy()
+    s = run.scorer().score_users(torch.tensor([3]))[0].numpy()  # the whole score: <Z_u, Z_i> + item bias
     s[list(bi[bu == 3])] = -np.inf
     assert {str(run.ds.item_ids[i]) for i in np.argsort(-s)[:5]} == {str(r["item"]) for r in recs}
     allrec = json.loads(invoke("recommend", run_dir, "--user", raw, "-k", "50", "--json",

@@ -314,9 +314,39 @@ def test_light_and_mbcgcn_presets_layer_over_a_dataset_preset_and_paper_undoes_t
     assert (off["activation"], off["norm"], off["propagation"], off["readout"]) == ("sigmoid", "none", "nonlinear", "concat")
 
 
+@pytest.mark.parametrize("dataset, extra", [("retailrocket", []), ("ijcai15", []), ("tmall", ["mbcgcn"])])
+def test_dataset_presets_are_the_configuration_the_study_confirmed(dataset, extra):
+    """The scoreboard's CML rows ran `--preset authors-X --preset paper --preset light` (the study's
+    base and its candidate); today's `--preset X` resolves to exactly that configuration."""
+    study = config.resolve(presets=[f"authors-{dataset}", "paper", "light", *extra])
+    assert config.resolve(presets=[dataset, *extra]) == study
+    assert (study["propagation"], study["fusion"], study["dim"]) == ("linear", "merged", 64)
+
+
+@pytest.mark.parametrize("dataset", ["retailrocket", "ijcai15", "tmall"])
+def test_an_authors_preset_differs_from_its_dataset_preset_in_size_and_rates_only(dataset):
+    mine, theirs = config.preset(dataset), config.preset(f"authors-{dataset}")
+    assert {k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k)} == {"dim", "opt_base_lr", "opt_max_lr"}
+
+
+def test_authors_presets_with_paper_give_the_default_before_issue_13():
+    """d = 16, the authors' learning rates and schedule, the paper's encoder, no bias, no history."""
+    rr = config.resolve(presets=["authors-retailrocket", "paper"])
+    assert (rr["dim"], rr["opt_base_lr"], rr["opt_max_lr"], rr["meta_optimizer"], rr["batch_size"]) == \
+        (16, 0.0001, 0.001, "sgd", 2048)
+    assert {k: rr[k] for k in config.SAVED_WITHOUT} == config.SAVED_WITHOUT
+    ij = config.resolve(presets=["authors-ijcai15", "official"])
+    assert (ij["dim"], ij["opt_max_lr"], ij["activation"], ij["history"], ij["item_bias"]) == \
+        (16, 0.002, "sigmoid", "none", False)
+    default = config.resolve()
+    assert (default["propagation"], default["readout"], default["dim"], default["history"]) == \
+        ("linear", "mean", 64, "auto")
+
+
 def test_a_run_saved_before_the_new_keys_still_opens(tiny_dataset, tmp_path):
-    """A checkpoint whose config lacks keys added since (fusion, history, ...) was trained as their
-    defaults say: evaluate, export and --resume accept it; a real difference is still refused."""
+    """A checkpoint whose config lacks keys added since (fusion, history, ...) was trained as the code
+    before them did (the paper's encoder, whatever today's defaults): it opens as that model, whose
+    weights load strictly; a real difference is still refused."""
     import yaml
 
     from cml_dgl.data.dataset import load_dataset, write_dataset
@@ -326,20 +356,22 @@ def test_a_run_saved_before_the_new_keys_still_opens(tiny_dataset, tmp_path):
 
     ds_dir = tmp_path / "ds"
     write_dataset(tiny_dataset, ds_dir)
-    cfg = config.resolve(overrides=["epochs=1", "device=cpu", "backend=torch", "batch_size=8", "meta_batch=4",
-                                    "meta_samples=2"])
+    cfg = config.resolve(presets=["paper"], overrides=["epochs=1", "device=cpu", "backend=torch", "batch_size=8",
+                                                       "meta_batch=4", "meta_samples=2"])
+    assert config.resolve()["propagation"] != cfg["propagation"], "today's default differs from the old code"
     run = tmp_path / "run"
     tr = Trainer(load_dataset(ds_dir), cfg, run, quiet=True)
     tr.prepare_run_dir()
     tr.fit()
-    new_keys = ("fusion", "propagation", "readout", "history", "history_item_weights", "item_bias")
+    new_keys = tuple(config.SAVED_WITHOUT)
     for path in sorted((run / "checkpoints").glob("*.pt")):  # as an older version wrote them
         state, info = load_checkpoint(path)
         info["config"] = {k: v for k, v in info["config"].items() if k not in new_keys}
         save_checkpoint(path, state, info)
     old = yaml.safe_load((run / "config.yaml").read_text())
     (run / "config.yaml").write_text(yaml.safe_dump({k: v for k, v in old.items() if k not in new_keys}))
-    assert load_run(run).model is not None
+    loaded = load_run(run)
+    assert (loaded.model.propagation, loaded.cfg["fusion"], loaded.cfg["item_bias"]) == ("nonlinear", "mean", False)
     (run / "config.yaml").write_text(yaml.safe_dump({**old, "fusion": "merged"}))
     with pytest.raises(CmlError, match="fusion"):
         load_run(run)

@@ -9,7 +9,8 @@ def test_layers_apply_in_order(tmp_path):
     rr = config.resolve(presets=["retailrocket"])
     assert rr["meta_optimizer"] == "sgd" and rr["batch_size"] == 2048
     tm = config.resolve(presets=["tmall"])
-    assert tm["batch_size"] == 8192 and tm["opt_max_lr"] == 0.005
+    assert tm["batch_size"] == 8192 and tm["opt_max_lr"] == 0.05
+    assert config.resolve(presets=["authors-tmall"])["opt_max_lr"] == 0.005
     f = tmp_path / "user.yaml"
     f.write_text("batch_size: 1024\nbeta: 0.01\n")
     cfg = config.resolve(presets=["tmall"], config_file=f, overrides=["beta=1e-3", "eval_ks=[10,20]"])
@@ -17,9 +18,9 @@ def test_layers_apply_in_order(tmp_path):
     assert cfg["beta"] == pytest.approx(1e-3), "--set is over the file"
     assert cfg["eval_ks"] == [10, 20]
     assert base["activation"] == "prelu" and base["norm"] == "sym"
-    off = config.resolve(presets=["retailrocket", "official"])
+    off = config.resolve(presets=["authors-retailrocket", "official"])
     assert off["activation"] == "sigmoid" and off["norm"] == "none" and off["monitor"] == "test"
-    assert off["meta_optimizer"] == "sgd", "official keeps the dataset preset's hyperparameters"
+    assert off["meta_optimizer"] == "sgd", "official keeps the authors' hyperparameters"
 
 
 @pytest.mark.parametrize("item, msg", [

@@ -311,14 +311,15 @@ def test_objective_gradient_is_deterministic_on_large_batches(ds_dir, tmp_path):
     tr = _trainer(ds_dir, tmp_path, "variant=no-meta")
     K, U, I, n = tr.ds.n_behaviors, 3_000, 5_000, 60_000
     g = torch.Generator().manual_seed(0)
-    leaves = [torch.randn(U, 16, generator=g), torch.randn(I, 16, generator=g), torch.randn(K, U, 16, generator=g)]
+    leaves = [torch.randn(U, 16, generator=g), torch.randn(I, 16, generator=g), torch.randn(K, U, 16, generator=g),
+              torch.randn(U, 16, generator=g), torch.randn(I, 16, generator=g)]  # the last two: ego rows (reg_on: ego)
     trip = [smp.DeviceTriples(torch.randint(0, U, (n,), generator=g), torch.randint(0, I, (n,), generator=g),
                                   torch.randint(0, I, (n,), generator=g)) for _ in range(K)]
     cl = torch.randint(0, U, (1_500,), generator=g)
     grads = []
     for _ in range(4):
         ts = [x.clone().requires_grad_() for x in leaves]
-        obj, _ = tr.model.objective(CMLOutput(ts[0], ts[1], ts[2], ts[1].new_empty(0)), CMLBatch(trip, cl, "none"))
+        obj, _ = tr.model.objective(CMLOutput(ts[0], ts[1], ts[2], ts[1].new_empty(0), ts[3], ts[4]), CMLBatch(trip, cl, "none"))
         obj.backward()
         grads.append([t.grad for t in ts])
     for other in grads[1:]:

@@ -82,7 +82,7 @@ def test_a_models_defaults_sit_below_presets_files_and_sets(monkeypatch, tmp_pat
     f.write_text("model: mf\nreg: 0.25\n")
     cfg = config.resolve(config_file=f)
     assert (cfg["dim"], cfg["reg"]) == (48, 0.25)
-    assert config.resolve(overrides=["model=cml"])["dim"] == 16
+    assert config.resolve(overrides=["model=cml"])["dim"] == config.defaults()["dim"]
     # a resumed run keeps its saved config: the model's defaults do not come back
     assert config.resolve(base={"model": "mf", "dim": 8})["dim"] == 8
 

@@ -2,7 +2,8 @@
 over behaviors as one product with (1/K) Σ_k Â_k^T) and ``used_view_rows`` (training computes the
 behavior-specific user views at the rows the losses read). Off, the model is the plain one
 (bitwise: tests/test_step_exact.py); on, every value agrees with it to float rounding and training
-is as deterministic."""
+is as deterministic. They act on the paper's encoder (``--preset paper``); the default model's
+linear, merged layers give them nothing to change."""
 
 from __future__ import annotations
 
@@ -20,11 +21,13 @@ from conftest import make_tiny_dataset, metrics_rows
 BACKENDS = ["torch", pytest.param("dgl", marks=pytest.mark.skipif(
     resolve_backend("auto", "cpu") != "dgl", reason="DGL 2.1 does not import here"))]
 OPTIONS = [("merged_item_mean",), ("used_view_rows",), ("merged_item_mean", "used_view_rows")]
+#: the default before issue 13: the paper's encoder, d = 16, the authors' Retailrocket rates
+BEFORE = ["dim=16", "opt_base_lr=0.0001", "opt_max_lr=0.001"]
 
 
 def _model(ds, backend, options, norm="sym", activation="prelu"):
-    cfg = config.resolve(overrides=[f"backend={backend}", "device=cpu", f"norm={norm}", f"activation={activation}"]
-                         + [f"{o}=true" for o in options])
+    cfg = config.resolve(presets=["paper"], overrides=[f"backend={backend}", "device=cpu", f"norm={norm}",
+                                                       f"activation={activation}"] + [f"{o}=true" for o in options])
     torch.manual_seed(0)
     return CML.from_config(ds, cfg, torch.device("cpu")), cfg
 
@@ -86,8 +89,8 @@ def test_options_give_the_plain_objective_and_gradients_to_rounding(backend, opt
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
-def _fit(ds, run, overrides):
-    cfg = config.resolve(overrides=["batch_size=32", "meta_batch=8", "meta_samples=4", "epochs=3", "device=cpu",
+def _fit(ds, run, overrides, presets=("paper",)):
+    cfg = config.resolve(presets=list(presets), overrides=(BEFORE if presets else []) + ["batch_size=32", "meta_batch=8", "meta_samples=4", "epochs=3", "device=cpu",
                                     "patience=100"] + overrides)
     tr = Trainer(ds, cfg, run, quiet=True)
     tr.prepare_run_dir(overwrite=True)
@@ -110,3 +113,14 @@ def test_training_with_both_options_follows_plain_training_and_is_deterministic(
                 assert ra[part][key] == pytest.approx(rp[part][key], rel=1e-3, abs=1e-4), (part, key)
     for x, y in zip(tr_a.model.state_dict().values(), tr_p.model.state_dict().values()):
         torch.testing.assert_close(x, y, rtol=1e-3, atol=1e-4)
+
+
+def test_under_the_default_model_the_options_change_nothing(tmp_path):
+    """Linear layers and the merged fusion leave the options nothing to reorder: the items' fused
+    layer is already one product, and the views at the used rows are the same sums."""
+    ds = make_tiny_dataset(n_users=40, n_items=60, seed=5)
+    on, tr_on = _fit(ds, tmp_path / "on", ["backend=torch", "merged_item_mean=true", "used_view_rows=true"], presets=())
+    off, tr_off = _fit(ds, tmp_path / "off", ["backend=torch"], presets=())
+    assert tr_on.cfg["fusion"] == "merged" and on == off
+    for x, y in zip(tr_on.model.state_dict().values(), tr_off.model.state_dict().values()):
+        assert torch.equal(x, y)

@@ -17,7 +17,8 @@ the fused :math:`H^{l-1}`. Readout (ego layer 0 excluded, one C per side shared 
 
 .. math::  Z_u = [H_u^1 \\| \\dots \\| H_u^L]\\, C_u, \\qquad Z_u^k = [H_u^{k,1} \\| \\dots \\| H_u^{k,L}]\\, C_u
 
-Options that leave the paper (all off by default, see docs/design.md): ``propagation: linear``
+Options that leave the paper (on in the config's defaults since issue 13, off in this class's own
+keyword defaults and with ``--preset paper``; see docs/design.md): ``propagation: linear``
 drops :math:`W` and act (:math:`H^l = \\tfrac1K \\sum_k P^{k,l}`, :math:`H^{k,l} = P^{k,l}`, as in
 LightGCN); ``readout: mean`` replaces the concatenation and C by the mean over layers 0..L, the ego
 layer included (:math:`Z_u = \\tfrac1{L+1} \\sum_{l=0}^L H_u^l`, :math:`Z_u^k = \\tfrac1{L+1}(E_u +

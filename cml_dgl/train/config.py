@@ -27,7 +27,8 @@ from cml_dgl.models.registry import MODELS, REGISTRY
 from cml_dgl.train.devices import DEVICES
 from cml_dgl.train.draws.factory import SAMPLERS
 
-PRESETS = ("retailrocket", "ijcai15", "tmall", "mbcgcn", "official", "paper", "light", "demo")
+PRESETS = ("retailrocket", "ijcai15", "tmall", "mbcgcn", "authors-retailrocket", "authors-ijcai15", "authors-tmall",
+           "official", "paper", "light", "demo")
 CHOICES: dict[str, tuple[str, ...]] = {
     "model": MODELS,
     "variant": VARIANTS,
@@ -59,6 +60,13 @@ NON_NEGATIVE = ("epochs", "n_layers", "reg", "beta", "grad_clip", "lr_clone", "o
 UNIT = ("cascade_alpha", "cascade_beta", "history_negatives")
 FRACTIONS = ("cl_sample_ratio",)  # in (0, 1]
 
+
+# What a run saved before a key existed was trained with: the behaviour before the key came, where the
+# key's default has changed since (issue 13's new default). A saved config lacking the key reads so.
+SAVED_WITHOUT: dict[str, Any] = {
+    "propagation": "nonlinear", "readout": "concat", "fusion": "mean", "init": "xavier", "reg_on": "final",
+    "item_bias": False, "history": "none", "history_item_weights": False, "history_negatives": 0.0,
+}
 
 QUOTE_LIMIT = 200  # characters of a value (or of a --set item) quoted in an error message
 MAX_CONFIG_BYTES = 1 << 20
@@ -271,6 +279,8 @@ def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
     ``base`` (a saved run's config, read from ``base_where``) replaces the defaults layer when resuming.
     """
     cfg = defaults()
+    if base is not None:
+        cfg.update({k: v for k, v in SAVED_WITHOUT.items() if k not in base})
     layers: list[tuple[dict[str, Any], str]] = [(base, base_where)] if base is not None else []
     layers += [(preset(name), f"preset {name}") for name in presets]
     if config_file is not None:
@@ -300,9 +310,9 @@ def resolve(presets: Iterable[str] = (), config_file: str | Path | None = None,
 def differences(a: dict[str, Any], b: dict[str, Any], ignore: Iterable[str] = ()) -> list[str]:
     """``"key: A vs B"`` for every key (outside ``ignore``) whose values differ between two configs.
 
-    A key one side lacks counts as its default: a run saved before a key existed was trained as
-    that key's default says (a new key's default keeps the behaviour from before it)."""
-    skip, base = set(ignore), defaults()
+    A key one side lacks counts as what a run saved before the key existed was trained with: its
+    :data:`SAVED_WITHOUT` value, else its default (a new key's default kept the behaviour before it)."""
+    skip, base = set(ignore), {**defaults(), **SAVED_WITHOUT}
     out = []
     for k in sorted(set(a) | set(b), key=str):
         va, vb = a.get(k, base.get(k)), b.get(k, base.get(k))
