@@ -70,19 +70,19 @@ def apply_threads(n: int | None) -> int:
     return used
 
 
-def tmall_mbcgcn_dataset(holdouts: bool, workdir: Path | None = None) -> Path:
-    """Preprocess MB-CGCN's Tmall split with ``--no-valid`` (the published training split), with
-    or without ``--auxiliary-holdouts`` (cached in ``workdir``), and return its path."""
+def tmall_mbcgcn_dataset(holdouts: bool, workdir: Path | None = None, valid: bool = False) -> Path:
+    """Preprocess MB-CGCN's Tmall split, with ``--no-valid`` (the published training split) unless
+    ``valid``, with or without ``--auxiliary-holdouts`` (cached in ``workdir``); return its path."""
     src = shared_data() / "tmall-mbcgcn"
     if not src.is_dir():
         sys.exit(f"bench: {src} not found; set CML_SHARED_DATA to the folder holding tmall-mbcgcn/")
     base = workdir or Path(tempfile.gettempdir()) / "cml-bench"
-    out = base / ("tmall-mbcgcn-holdouts" if holdouts else "tmall-mbcgcn")
+    out = base / (("tmall-mbcgcn-holdouts" if holdouts else "tmall-mbcgcn") + ("-valid" if valid else ""))
     if not (out / "meta.json").is_file():
         base.mkdir(parents=True, exist_ok=True)
         cmd = [sys.executable, "-m", "cml_dgl_cli", "preprocess", "lists", str(src), "-o", str(out),
-               "--no-valid", "--quiet", "--overwrite"] + (["--auxiliary-holdouts"] if holdouts else [])
-        subprocess.run(cmd, check=True, cwd=ROOT)
+               "--quiet", "--overwrite"] + ([] if valid else ["--no-valid"]) + (["--auxiliary-holdouts"] if holdouts else [])
+        subprocess.run(cmd, check=True, cwd=ROOT, stdout=sys.stderr)
     return out
 
 

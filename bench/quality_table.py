@@ -43,11 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.common import ROOT, shared_data  # noqa: E402
 
-DATASETS = {  # name: (preprocess source, shared-data folder, CML preset)
-    "retailrocket": ("cml-pickle", "retailrocket", "retailrocket"),
-    "ijcai15": ("cml-pickle", "ijcai15", "ijcai15"),
-    "tmall-mbcgcn": ("lists", "tmall-mbcgcn", "tmall"),
+DATASETS = {  # name: (preprocess source, shared-data folder, CML presets, the authors' hyperparameters)
+    "retailrocket": ("cml-pickle", "retailrocket", ("retailrocket",), "authors-retailrocket"),
+    "ijcai15": ("cml-pickle", "ijcai15", ("ijcai15",), "authors-ijcai15"),
+    "tmall-mbcgcn": ("lists", "tmall-mbcgcn", ("tmall", "mbcgcn"), "authors-tmall"),
 }
+#: reference rows beside the registry's models, untuned: CML with the authors' hyperparameters and
+#: the paper's equations (the default before issue 13) or the authors' code (--preset official)
+REFERENCES = {"cml@paper": "paper", "cml@official": "official"}
 PROTOCOLS = ("paper", "honest", "honest-refit")
 RESULTS_MD = ROOT / "docs" / "results.md"
 BEGIN, END = "<!-- quality-table:begin -->", "<!-- quality-table:end -->"
@@ -72,7 +75,7 @@ class Bench:
 
     # ------------------------------------------------------------------ stages
     def dataset(self, name: str, protocol: str) -> Path:
-        source, folder, _ = DATASETS[name]
+        source, folder, _, _ = DATASETS[name]
         out = self.out / "data" / f"{name}-{'paper' if protocol == 'paper' else 'honest'}"
         if not (out / "meta.json").is_file():
             self.cml("preprocess", source, shared_data() / folder, "-o", out, "--quiet",
@@ -80,7 +83,10 @@ class Bench:
         return out
 
     def base_layers(self, name: str, model: str) -> list[str]:
-        layers = ["--preset", DATASETS[name][2]] if model == "cml" else []
+        if model in REFERENCES:
+            layers = ["--model", "cml", "--preset", DATASETS[name][3], "--preset", REFERENCES[model]]
+        else:
+            layers = [x for p in DATASETS[name][2] for x in ("--preset", p)] if model == "cml" else []
         if self.args.epochs:
             layers += ["--set", f"epochs={self.args.epochs}"]
         return layers
@@ -89,6 +95,8 @@ class Bench:
         """The config layers of every run of ``model``: its tuned best.yaml, else the base layers."""
         from cml_dgl.models import registry
 
+        if model in REFERENCES:
+            return self.base_layers(name, model)
         spec = registry.spec(model)
         if spec.strategy == "none" or not getattr(spec, "search_space", None) or self.args.trials == 0:
             return self.base_layers(name, model) + ["--model", model]
@@ -164,7 +172,8 @@ def markdown(rows: list[dict], seeds: list[int]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--datasets", default=",".join(DATASETS))
-    ap.add_argument("--models", default=None, help="comma-separated; default: every registered model")
+    ap.add_argument("--models", default=None, help="comma-separated; default: every registered model and the "
+                    f"reference rows {', '.join(REFERENCES)}")
     ap.add_argument("--seeds", default="2023,2024,2025")
     ap.add_argument("--trials", type=int, default=20, help="tuning trials per trainable model (0: no tuning)")
     ap.add_argument("--epochs", type=int, default=None, help="cap every run's epochs (default: the config's)")
@@ -178,7 +187,7 @@ def main() -> None:
         args.out = args.out if args.out != str(ROOT / "bench" / "out" / "quality") else args.out + "-quick"
     from cml_dgl.models import registry
 
-    models = args.models.split(",") if args.models else list(registry.MODELS)
+    models = args.models.split(",") if args.models else [*registry.MODELS, *REFERENCES]
     seeds = [int(s) for s in args.seeds.split(",")]
     bench = Bench(args)
     t0 = time.perf_counter()

@@ -1,6 +1,6 @@
 """Seconds per training epoch, split into sampling, the three CML phases and evaluation.
 
-    python bench/train_speed.py [--epochs 5] [--json] [--datasets retailrocket,ijcai] [--preset light]
+    python bench/train_speed.py [--epochs 5] [--json] [--datasets retailrocket,ijcai] [--preset paper]
     python bench/train_speed.py --scale 1,4,16 [--max-steps 5] [--backend torch] [--json]
 
 Datasets: the Retailrocket benchmark (published batch size 2048) and a synthetic dataset of the

@@ -15,8 +15,9 @@ the machine's state; with ``--rounds`` > 1 the order is reversed every other rou
   its ``[EPOCHTIME] epoch e train T s test T s`` lines. IJCAI-15 needs the meta-user file that
   the authors did not publish: the users our trainer draws meta batches from (a purchase and an
   auxiliary behavior, shuffled with seed + 1), pickled as the code expects.
-* ``ours-<backend>``: ``cml train`` with the dataset's preset (the same hyperparameters as the
-  authors' README command), on the published split without a validation carve-out and
+* ``ours-<backend>``: ``cml train --preset authors-<dataset> --preset paper`` (the same
+  hyperparameters as the authors' README command, the model their code implements with its bugs
+  fixed; the default before issue 13, not today's default model), on the published split without a validation carve-out and
   ``--monitor test``, so that every epoch evaluates the test users once as the authors' code
   does. Training and evaluation seconds per epoch come from ``metrics.jsonl`` (``seconds``,
   ``timings.eval``). With ``--fast``, also ``ours-<backend>-fast``: the same with the speed
@@ -121,8 +122,8 @@ def run_authors(name: str, anomaly: bool, epochs: int, threads: int, work: Path,
 def run_ours(name: str, backend: str, epochs: int, threads: int, work: Path, overrides: list[str]) -> dict:
     ds = published_dataset(name, valid=False, workdir=work)
     run = work / f"ours-{name}-{backend}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "cml_dgl_cli", "train", str(ds), "-o", str(run), "--preset", name,
-           "--monitor", "test", "--epochs", str(epochs), "--patience", str(epochs + 1), "--backend", backend,
+    cmd = [sys.executable, "-m", "cml_dgl_cli", "train", str(ds), "-o", str(run), "--preset", f"authors-{name}",
+           "--preset", "paper", "--monitor", "test", "--epochs", str(epochs), "--patience", str(epochs + 1), "--backend", backend,
            "--device", "cpu", "--threads", str(threads), "--quiet", *[x for o in overrides for x in ("--set", o)]]
     proc = subprocess.run(cmd, cwd=ROOT, env=thread_env(threads), capture_output=True, text=True)
     if proc.returncode != 0:

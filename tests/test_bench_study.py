@@ -24,12 +24,12 @@ def test_variants_combine_in_order_and_unknown_names_are_refused():
         cml_study.items_of("lightgcn+nope")
 
 
-def test_commands_use_the_datasets_preset_for_cml_only(tmp_path):
+def test_commands_use_the_datasets_base_presets_for_cml_only(tmp_path):
     study = _study(tmp_path)
     (tmp_path / "data" / "tmall-mbcgcn").mkdir(parents=True)
     (tmp_path / "data" / "tmall-mbcgcn" / "meta.json").write_text("{}")
     cml = study.command("tmall-mbcgcn", "history+hitem", 2024)
-    assert cml[cml.index("--preset") + 1] == "tmall"
+    assert [cml[i + 1] for i, a in enumerate(cml) if a == "--preset"] == ["authors-tmall", "paper"]
     sets = [cml[i + 1] for i, a in enumerate(cml) if a == "--set"]
     assert sets == ["monitor_protocol=full", "history=auto", "history_item_weights=true", "epochs=7", "patience=3"]
     assert cml[cml.index("--seed") + 1] == "2024"

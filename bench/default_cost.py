@@ -1,0 +1,121 @@
+"""What the default CML costs beside the configuration before it (issue 13, point 5).
+
+    python bench/default_cost.py --threads 2 [--datasets retailrocket,ijcai15,tmall-mbcgcn] [--epochs 4]
+        [--rounds 1] [--json]
+
+On each development benchmark (its honest split, validation held out) the two configurations train
+alternately, each in its own ``cml train`` subprocess with the same threads:
+
+* ``before``: ``--preset authors-<dataset> --preset paper``, the default before issue 13 (the paper's
+  equations, d = 16, the authors' hyperparameters);
+* ``default``: ``--preset <dataset>`` (``--preset tmall --preset mbcgcn`` on the MB-CGCN lists).
+
+Printed per configuration: seconds per epoch (median over the epochs after the first, which pays
+one-off costs), split into training and validation, and the subprocess's peak RSS (``wait4``);
+per dataset the ratio default / before. The epochs each needs are the study's (docs/results.md):
+the wall time to the selected epoch is its best epoch times its seconds per epoch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import ROOT, add_threads_arg, apply_threads, published_dataset, tmall_mbcgcn_dataset  # noqa: E402
+
+CONFIGS = {  # dataset: {configuration: cml train arguments}
+    "retailrocket": {"before": ["--preset", "authors-retailrocket", "--preset", "paper"],
+                     "default": ["--preset", "retailrocket"]},
+    "ijcai15": {"before": ["--preset", "authors-ijcai15", "--preset", "paper"],
+                "default": ["--preset", "ijcai15"]},
+    "tmall-mbcgcn": {"before": ["--preset", "authors-tmall", "--preset", "paper", "--set", "monitor_protocol=full"],
+                     "default": ["--preset", "tmall", "--preset", "mbcgcn"]},
+}
+
+
+def dataset(name: str, work: Path) -> Path:
+    if name == "tmall-mbcgcn":
+        return tmall_mbcgcn_dataset(holdouts=False, workdir=work, valid=True)
+    return published_dataset(name, valid=True, workdir=work)
+
+
+def run_once(ds: Path, args: list[str], epochs: int, threads: int, out: Path) -> dict:
+    """One ``cml train`` of ``epochs`` epochs: its seconds per epoch and peak RSS."""
+    cmd = [sys.executable, "-m", "cml_dgl_cli", "train", str(ds), "-o", str(out), *args, "--epochs", str(epochs),
+           "--set", f"patience={epochs + 1}", "--threads", str(threads), "--device", "cpu", "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
+    if os.waitstatus_to_exitcode(status) != 0:
+        sys.exit(f"bench: {' '.join(cmd)} failed:\n{err[-2000:]}")
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    rows = rows[1:] if len(rows) > 1 else rows
+    evals = [r["timings"].get("eval", 0.0) for r in rows]
+    return {"train_s": [r["seconds"] - e for r, e in zip(rows, evals)], "eval_s": evals,
+            "peak_rss_gb": usage.ru_maxrss / 1024 ** 2, "command": " ".join(cmd[2:])}
+
+
+def summarise(runs: list[dict]) -> dict:
+    train = [x for r in runs for x in r["train_s"]]
+    evals = [x for r in runs for x in r["eval_s"]]
+    return {"train_s": statistics.median(train), "eval_s": statistics.median(evals),
+            "epoch_s": statistics.median(t + e for t, e in zip(train, evals)),
+            "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "command": runs[0]["command"]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", default="retailrocket,ijcai15,tmall-mbcgcn")
+    ap.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is not timed)")
+    ap.add_argument("--rounds", type=int, default=1, help="alternations of the two configurations")
+    ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--json", action="store_true")
+    add_threads_arg(ap)
+    args = ap.parse_args()
+    threads = apply_threads(args.threads)
+    if args.epochs < 2 or args.rounds < 1:
+        sys.exit("bench: --epochs must be at least 2 and --rounds at least 1")
+    names = args.datasets.split(",")
+    for name in names:
+        if name not in CONFIGS:
+            sys.exit(f"bench: unknown dataset {name!r}; choose from {', '.join(CONFIGS)}")
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="cml-cost-"))
+    res: dict = {"threads": threads, "epochs": args.epochs, "rounds": args.rounds,
+                 "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "datasets": {}}
+    for name in names:
+        ds = dataset(name, work)
+        runs: dict[str, list[dict]] = {k: [] for k in CONFIGS[name]}
+        for r in range(args.rounds):
+            for cfg, argv in CONFIGS[name].items():
+                print(f"{name}: {cfg} (round {r + 1}/{args.rounds})", file=sys.stderr, flush=True)
+                runs[cfg].append(run_once(ds, argv, args.epochs, threads, work / f"{name}-{cfg}-{r}"))
+        sides = {cfg: summarise(v) for cfg, v in runs.items()}
+        sides["ratio_default_over_before"] = {k: sides["default"][k] / sides["before"][k]
+                                              for k in ("train_s", "eval_s", "epoch_s", "peak_rss_gb")}
+        res["datasets"][name] = sides
+    if args.json:
+        print(json.dumps(res, sort_keys=True))
+        return
+    print(f"{res['date']}, {threads} threads, {args.epochs} epochs x {args.rounds} rounds per configuration")
+    for name, sides in res["datasets"].items():
+        for cfg in CONFIGS[name]:
+            s = sides[cfg]
+            print(f"{name:13s} {cfg:8s} {s['epoch_s']:7.2f} s/epoch (train {s['train_s']:.2f} + valid "
+                  f"{s['eval_s']:.2f}), peak RSS {s['peak_rss_gb']:.2f} GB")
+        q = sides["ratio_default_over_before"]
+        print(f"{name:13s} default / before: epoch {q['epoch_s']:.2f}x, train {q['train_s']:.2f}x, "
+              f"valid {q['eval_s']:.2f}x, peak RSS {q['peak_rss_gb']:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
