@@ -14,7 +14,7 @@ def test_demo_runs_the_pipeline_and_cml_wins(tmp_path):
     assert res.exit_code == 0, res.output
     summary = json.loads((out / "summary.json").read_text())
     test = summary["test"]
-    assert set(test) == {"cml", "mf", "pop"}
+    assert set(test) == {"cml", "cml-paper", "mf", "pop"}
     cml = test["cml"]["sampled"]["ndcg@10"]
     assert cml > test["mf"]["sampled"]["ndcg@10"], test
     assert cml > test["pop"]["sampled"]["ndcg@10"], test
