@@ -141,6 +141,11 @@ def test_history_auto_follows_the_datasets_held_out_convention(tiny_dataset):
     for mode, on in (("keep", True), ("before", True), ("drop", False), (None, False)):
         ds.options = {"stats": {"held_out_auxiliary": mode}} if mode else {}
         assert keeps_history(ds) == on and history_enabled(cfg, ds) == on
+    for published, on in (("kept", True), ("removed", False)):  # --no-valid: the published test split decides
+        ds.options = {"stats": {"held_out_auxiliary": None, "test_pairs_in_auxiliary": {"test_split": published}}}
+        assert keeps_history(ds) == on
+    ds.options = {"held_out_auxiliary": "auto", "stats": {"test_pairs_in_auxiliary": {"test_split": "kept"}}}
+    assert keeps_history(ds)
     assert history_enabled({"history": "always"}, ds) and not history_enabled({"history": "none"}, ds)
     with pytest.raises(CmlError, match="history"):
         history_enabled({"history": "on"}, ds)

@@ -34,10 +34,16 @@ HISTORY_CHOICES = ("none", "auto", "always")
 
 def keeps_history(ds: Any) -> bool:
     """True when the dataset's held-out pairs keep their auxiliary training edges (``keep`` or
-    ``before`` in ``meta.json``'s ``options.stats.held_out_auxiliary``, else its option)."""
+    ``before`` in ``meta.json``'s ``options.stats.held_out_auxiliary``, else its option). Where no
+    validation item was carved (``--no-valid``, or a published validation split) the held-out pairs
+    are the published test split's, and its measured convention decides (``test_pairs_in_auxiliary``:
+    ``kept`` or ``removed``)."""
     options = getattr(ds, "options", None) or {}
     stats = options.get("stats") or {}
     mode = stats.get("held_out_auxiliary") or options.get("held_out_auxiliary")
+    if mode in (None, "auto"):
+        published = (stats.get("test_pairs_in_auxiliary") or {}).get("test_split")
+        mode = {"kept": "keep", "removed": "drop"}.get(published)
     return mode in ("keep", "before")
 
 
