@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 import pytest
 import torch
+import yaml
 
 from cml_dgl.errors import CmlError
 from cml_dgl.eval.metrics import TIE_RULES
@@ -118,6 +119,20 @@ def test_the_loop_never_branches_on_a_models_name():
         assert not names & set(registry.MODELS), (name, names & set(registry.MODELS))
         assert "is_cml" not in src
     assert len((REPO / "cml_dgl" / "train" / "trainer.py").read_text().splitlines()) <= 300
+
+
+def test_the_docs_default_column_is_defaults_yaml():
+    """Every row of a `| key | default |` table in docs/usage.md's configuration section shows the
+    key's value in defaults.yaml (read as YAML, backticks stripped)."""
+    section = USAGE.split("### Configuration keys")[1].split("### Several processes")[0]
+    defaults, wrong, in_table = config.defaults(), [], False
+    for line in section.splitlines():
+        in_table = line.startswith("| key | default |") or (in_table and line.startswith("|"))
+        cells = [c.strip() for c in line.split("|")[1:3]] if in_table else []
+        key = cells[0].strip("`") if cells else ""
+        if key in defaults and yaml.safe_load(cells[1].strip("`")) != defaults[key]:
+            wrong.append(f"{key}: docs {cells[1]}, defaults.yaml {defaults[key]!r}")
+    assert not wrong, wrong
 
 
 def test_every_config_key_has_a_row_in_the_docs():
