@@ -30,14 +30,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT  # noqa: E402
+from bench.common import AUTHORS_PRESET, ROOT  # noqa: E402
 
 # The study's base is the configuration before issue 13 (the paper's equations with the authors'
 # hyperparameters); its variant "light" (+ "mbcgcn" on the lists) is today's default dataset preset.
 DATASETS = {  # name: (preprocess argv, CML presets, extra --set items)
-    "retailrocket": (["cml-pickle", "retailrocket"], ("authors-retailrocket", "paper"), []),
-    "ijcai15": (["cml-pickle", "ijcai15"], ("authors-ijcai15", "paper"), []),
-    "tmall-mbcgcn": (["lists", "tmall-mbcgcn"], ("authors-tmall", "paper"), ["monitor_protocol=full"]),
+    "retailrocket": (["cml-pickle", "retailrocket"], (AUTHORS_PRESET["retailrocket"], "paper"), []),
+    "ijcai15": (["cml-pickle", "ijcai15"], (AUTHORS_PRESET["ijcai15"], "paper"), []),
+    "tmall-mbcgcn": (["lists", "tmall-mbcgcn"], (AUTHORS_PRESET["tmall-mbcgcn"], "paper"), ["monitor_protocol=full"]),
 }
 
 LIGHT = ["propagation=linear", "readout=mean"]

@@ -2,14 +2,39 @@
 
 from __future__ import annotations
 
+import json
 import os
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+
+#: each development benchmark's CML presets (today's default there) and the authors' hyperparameters
+#: for it; ``--preset AUTHORS --preset paper`` is the default before issue 13
+CML_PRESETS = {"retailrocket": ("retailrocket",), "ijcai15": ("ijcai15",), "tmall-mbcgcn": ("tmall", "mbcgcn")}
+AUTHORS_PRESET = {"retailrocket": "authors-retailrocket", "ijcai15": "authors-ijcai15", "tmall-mbcgcn": "authors-tmall"}
+
+
+def preset_args(*names: str) -> list[str]:
+    """``--preset A --preset B ...``"""
+    return [x for name in names for x in ("--preset", name)]
+
+
+def epoch_seconds(run_dir: Path) -> dict[str, list[float]]:
+    """A run's training and evaluation seconds per epoch, from its ``metrics.jsonl``."""
+    rows = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    evals = [r["timings"].get("eval", 0.0) for r in rows]
+    return {"train_s": [r["seconds"] - e for r, e in zip(rows, evals)], "eval_s": evals}
+
+
+def median_seconds(train: list[float], evals: list[float]) -> dict[str, float]:
+    """Median training, evaluation and whole-epoch seconds of paired per-epoch lists."""
+    return {"train_s": statistics.median(train), "eval_s": statistics.median(evals),
+            "epoch_s": statistics.median(t + e for t, e in zip(train, evals))}
 
 
 def shared_data() -> Path:
@@ -80,8 +105,8 @@ def tmall_mbcgcn_dataset(holdouts: bool, workdir: Path | None = None, valid: boo
     out = base / (("tmall-mbcgcn-holdouts" if holdouts else "tmall-mbcgcn") + ("-valid" if valid else ""))
     if not (out / "meta.json").is_file():
         base.mkdir(parents=True, exist_ok=True)
-        cmd = [sys.executable, "-m", "cml_dgl_cli", "preprocess", "lists", str(src), "-o", str(out),
-               "--quiet", "--overwrite"] + ([] if valid else ["--no-valid"]) + (["--auxiliary-holdouts"] if holdouts else [])
+        cmd = [sys.executable, "-m", "cml_dgl_cli", "preprocess", "lists", str(src), "-o", str(out), "--quiet",
+               "--overwrite", *([] if valid else ["--no-valid"]), *(["--auxiliary-holdouts"] if holdouts else [])]
         subprocess.run(cmd, check=True, cwd=ROOT, stdout=sys.stderr)
     return out
 

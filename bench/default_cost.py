@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -30,15 +29,16 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, add_threads_arg, apply_threads, published_dataset, tmall_mbcgcn_dataset  # noqa: E402
+from bench.common import (  # noqa: E402
+    AUTHORS_PRESET, CML_PRESETS, ROOT, add_threads_arg, apply_threads, epoch_seconds, median_seconds, preset_args,
+    published_dataset, tmall_mbcgcn_dataset)
 
+#: the lists select on the full ranking (``--preset mbcgcn``); the configuration before does too
+BEFORE_EXTRA = {"tmall-mbcgcn": ["--set", "monitor_protocol=full"]}
 CONFIGS = {  # dataset: {configuration: cml train arguments}
-    "retailrocket": {"before": ["--preset", "authors-retailrocket", "--preset", "paper"],
-                     "default": ["--preset", "retailrocket"]},
-    "ijcai15": {"before": ["--preset", "authors-ijcai15", "--preset", "paper"],
-                "default": ["--preset", "ijcai15"]},
-    "tmall-mbcgcn": {"before": ["--preset", "authors-tmall", "--preset", "paper", "--set", "monitor_protocol=full"],
-                     "default": ["--preset", "tmall", "--preset", "mbcgcn"]},
+    name: {"before": [*preset_args(AUTHORS_PRESET[name], "paper"), *BEFORE_EXTRA.get(name, [])],
+           "default": preset_args(*presets)}
+    for name, presets in CML_PRESETS.items()
 }
 
 
@@ -58,19 +58,17 @@ def run_once(ds: Path, args: list[str], epochs: int, threads: int, out: Path) ->
     err = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
     if os.waitstatus_to_exitcode(status) != 0:
         sys.exit(f"bench: {' '.join(cmd)} failed:\n{err[-2000:]}")
-    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
-    rows = rows[1:] if len(rows) > 1 else rows
-    evals = [r["timings"].get("eval", 0.0) for r in rows]
-    return {"train_s": [r["seconds"] - e for r, e in zip(rows, evals)], "eval_s": evals,
-            "peak_rss_gb": usage.ru_maxrss / 1024 ** 2, "command": " ".join(cmd[2:])}
+    seconds = epoch_seconds(out)
+    cut = 1 if len(seconds["train_s"]) > 1 else 0  # the first epoch pays one-off costs
+    return {**{k: v[cut:] for k, v in seconds.items()}, "peak_rss_gb": usage.ru_maxrss / 1024 ** 2,
+            "command": " ".join(cmd[2:])}
 
 
 def summarise(runs: list[dict]) -> dict:
     train = [x for r in runs for x in r["train_s"]]
     evals = [x for r in runs for x in r["eval_s"]]
-    return {"train_s": statistics.median(train), "eval_s": statistics.median(evals),
-            "epoch_s": statistics.median(t + e for t, e in zip(train, evals)),
-            "peak_rss_gb": max(r["peak_rss_gb"] for r in runs), "command": runs[0]["command"]}
+    return {**median_seconds(train, evals), "peak_rss_gb": max(r["peak_rss_gb"] for r in runs),
+            "command": runs[0]["command"]}
 
 
 def main() -> None:

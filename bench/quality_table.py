@@ -41,13 +41,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, shared_data  # noqa: E402
+from bench.common import AUTHORS_PRESET, CML_PRESETS, ROOT, preset_args, shared_data  # noqa: E402
 
-DATASETS = {  # name: (preprocess source, shared-data folder, CML presets, the authors' hyperparameters)
-    "retailrocket": ("cml-pickle", "retailrocket", ("retailrocket",), "authors-retailrocket"),
-    "ijcai15": ("cml-pickle", "ijcai15", ("ijcai15",), "authors-ijcai15"),
-    "tmall-mbcgcn": ("lists", "tmall-mbcgcn", ("tmall", "mbcgcn"), "authors-tmall"),
-}
+DATASETS = {"retailrocket": "cml-pickle", "ijcai15": "cml-pickle", "tmall-mbcgcn": "lists"}  # name: preprocess source
 #: reference rows beside the registry's models, untuned: CML with the authors' hyperparameters and
 #: the paper's equations (the default before issue 13) or the authors' code (--preset official)
 REFERENCES = {"cml@paper": "paper", "cml@official": "official"}
@@ -75,18 +71,17 @@ class Bench:
 
     # ------------------------------------------------------------------ stages
     def dataset(self, name: str, protocol: str) -> Path:
-        source, folder, _, _ = DATASETS[name]
         out = self.out / "data" / f"{name}-{'paper' if protocol == 'paper' else 'honest'}"
-        if not (out / "meta.json").is_file():
-            self.cml("preprocess", source, shared_data() / folder, "-o", out, "--quiet",
+        if not (out / "meta.json").is_file():  # the shared-data folder is named as the benchmark
+            self.cml("preprocess", DATASETS[name], shared_data() / name, "-o", out, "--quiet",
                      *(["--no-valid"] if protocol == "paper" else []))
         return out
 
     def base_layers(self, name: str, model: str) -> list[str]:
         if model in REFERENCES:
-            layers = ["--model", "cml", "--preset", DATASETS[name][3], "--preset", REFERENCES[model]]
+            layers = ["--model", "cml", *preset_args(AUTHORS_PRESET[name], REFERENCES[model])]
         else:
-            layers = [x for p in DATASETS[name][2] for x in ("--preset", p)] if model == "cml" else []
+            layers = preset_args(*CML_PRESETS[name]) if model == "cml" else []
         if self.args.epochs:
             layers += ["--set", f"epochs={self.args.epochs}"]
         return layers

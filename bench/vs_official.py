@@ -38,7 +38,6 @@ import os
 import pickle
 import re
 import shlex
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -47,7 +46,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import ROOT, published_dataset, shared_data  # noqa: E402
+from bench.common import (  # noqa: E402
+    AUTHORS_PRESET, ROOT, epoch_seconds, median_seconds, preset_args, published_dataset, shared_data)
 
 #: the authors' README command per dataset (reference README.md), with its dataset folder name
 AUTHORS = {
@@ -122,18 +122,17 @@ def run_authors(name: str, anomaly: bool, epochs: int, threads: int, work: Path,
 def run_ours(name: str, backend: str, epochs: int, threads: int, work: Path, overrides: list[str]) -> dict:
     ds = published_dataset(name, valid=False, workdir=work)
     run = work / f"ours-{name}-{backend}-{time.monotonic_ns()}"
-    cmd = [sys.executable, "-m", "cml_dgl_cli", "train", str(ds), "-o", str(run), "--preset", f"authors-{name}",
-           "--preset", "paper", "--monitor", "test", "--epochs", str(epochs), "--patience", str(epochs + 1), "--backend", backend,
-           "--device", "cpu", "--threads", str(threads), "--quiet", *[x for o in overrides for x in ("--set", o)]]
+    cmd = [sys.executable, "-m", "cml_dgl_cli", "train", str(ds), "-o", str(run),
+           *preset_args(AUTHORS_PRESET[name], "paper"), "--monitor", "test", "--epochs", str(epochs),
+           "--patience", str(epochs + 1), "--backend", backend, "--device", "cpu", "--threads", str(threads),
+           "--quiet", *[x for o in overrides for x in ("--set", o)]]
     proc = subprocess.run(cmd, cwd=ROOT, env=thread_env(threads), capture_output=True, text=True)
     if proc.returncode != 0:
         sys.exit(f"bench: cml train failed on {name} ({backend}):\n{proc.stderr[-2000:]}")
-    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
-    evals = [r["timings"].get("eval", 0.0) for r in rows]
     from cml_dgl.graph.backends import resolve_backend
 
-    return {"train_s": [r["seconds"] - e for r, e in zip(rows, evals)], "eval_s": evals,
-            "command": " ".join(shlex.quote(c) for c in cmd), "resolved_backend": resolve_backend(backend, "cpu")}
+    return {**epoch_seconds(run), "command": " ".join(shlex.quote(c) for c in cmd),
+            "resolved_backend": resolve_backend(backend, "cpu")}
 
 
 def summarise(runs: list[dict]) -> dict:
@@ -143,9 +142,7 @@ def summarise(runs: list[dict]) -> dict:
         cut = 1 if len(r["train_s"]) >= 3 else 0
         train += r["train_s"][cut:]
         evals += r["eval_s"][cut:]
-    epoch = [a + b for a, b in zip(train, evals)]
-    return {"train_s": statistics.median(train), "eval_s": statistics.median(evals),
-            "epoch_s": statistics.median(epoch), "epochs_timed": len(epoch),
+    return {**median_seconds(train, evals), "epochs_timed": len(train),
             "per_epoch": [{"train_s": r["train_s"], "eval_s": r["eval_s"]} for r in runs],
             "command": runs[0]["command"]}
 
