@@ -14,7 +14,10 @@ i.e. one step of Eq. 1 of the paper per behavior, without mixing behaviors.
   destinations by (in-degree)^-1/2 in that relation (``GraphConv(norm='both')`` without weights),
   which for a bipartite relation is exactly :math:`D_u^{-1/2} A_k D_i^{-1/2}`; zero-degree nodes
   receive nothing, so their rows stay zero. The degree scalings are computed once, and the
-  per-relation outputs are stacked straight into the caller's relation order. CPU only.
+  per-relation outputs are stacked straight into the caller's relation order. The propagator runs
+  those modules' arithmetic for all relations of one side in one autograd node
+  (:class:`_RelationSums`), bit for bit what ``propagator.conv`` computes and sends back, about a
+  tenth less time per Retailrocket epoch than one node per operation. CPU only.
 * ``"torch"``: the K relations stacked in one sparse CSR matrix, one sparse-dense product per side,
   with a hand-written backward (the precomputed transpose). Any device; never imports DGL.
 
@@ -209,13 +212,12 @@ class DGLPropagator:
         self.conv = HeteroGraphConv(mods, aggregate=_StackInOrder(
             {nt: [dst_order[nt].index(et) for et in want[nt]] for nt in (USER, ITEM)}))
         self._dst_etypes = dst_order
-        self._rel, self._mean = rel, {}
+        self._rel, self._mean, self._plans = rel, {}, {}
 
     def __call__(self, h_user: Tensor, h_item: Tensor) -> tuple[Tensor, Tensor]:
         _check_inputs(self, h_user, h_item)
         self._follow_torch_threads()
-        out = self.conv(self.graph, {USER: h_user, ITEM: h_item})
-        return out[USER], out[ITEM]
+        return self._side(USER, h_item), self._side(ITEM, h_user)
 
     def user_side(self, h_item: Tensor) -> Tensor:
         _check_side(self, "item", h_item)
@@ -238,15 +240,18 @@ class DGLPropagator:
         return _StackedSpMM.apply(m["iu"], m["iu_t"], h_user.contiguous())
 
     def _side(self, dst: str, h_src: Tensor) -> Tensor:
-        """The relation modules of one destination type, run as HeteroGraphConv runs them, stacked
-        as its aggregate stacks them."""
-        src = ITEM if dst == USER else USER
-        outs = [self.conv.mods[et](self.graph[src, et, dst], (h_src, None)) for et in self._dst_etypes[dst]]
-        return self.conv.agg_fn(outs, dst)
+        """The relation modules of one destination type, as ``self.conv`` runs and stacks them, in
+        one autograd node (:class:`_RelationSums`): the same products bit for bit, forward and
+        backward, without a node per operation or the stack's copy."""
+        if dst not in self._plans:
+            self._plans[dst] = _SidePlan(self, dst)
+        plan = self._plans[dst]
+        return _RelationSums.apply(plan, *([h_src] * len(plan.gidx)))
 
     def _follow_torch_threads(self) -> None:
-        """DGL's kernels run on their own OpenMP runtime (the system libgomp, not torch's), whose
-        thread count ``torch.set_num_threads`` (``--threads``) does not reach: give it torch's."""
+        """Give DGL's kernels torch's thread count (``--threads``). libdgl links the system libgomp;
+        where the loader resolves it to torch's bundled copy (the pinned wheels here) the two share
+        one count anyway, where it does not ``torch.set_num_threads`` would not reach DGL's."""
         n = torch.get_num_threads()
         if n != self._threads:
             self._set_threads(n)
@@ -254,6 +259,66 @@ class DGLPropagator:
 
     def __repr__(self) -> str:
         return f"DGLPropagator(relations={list(self.names)}, edges={self.n_edges}, norm={self.norm!r})"
+
+
+class _SidePlan:
+    """What :class:`_RelationSums` needs for one destination type: per relation, in the graph's
+    canonical order (the order ``HeteroGraphConv`` runs them), its graph index and reverse, its
+    module (the degree scalings) and its place in the caller's relation order."""
+
+    def __init__(self, prop: "DGLPropagator", dst: str):
+        src = ITEM if dst == USER else USER
+        etypes = prop._dst_etypes[dst]
+        order = prop.conv.agg_fn.order[dst]  # stacked position j holds canonical relation order[j]
+        self.position = [order.index(c) for c in range(len(etypes))]
+        self.gidx = [prop.graph[src, et, dst]._graph for et in etypes]
+        self.reverse = [g.reverse() for g in self.gidx]
+        self.mods = [prop.conv.mods[et] for et in etypes]
+        self.n_dst = prop.n_users if dst == USER else prop.n_items
+
+
+class _RelationSums(torch.autograd.Function):
+    """``out[position[c]] = c_dst * A_c^T (c_src * h)`` for every relation c of one destination type.
+
+    The forward pass runs each relation's :class:`_NormalisedSum` arithmetic (DGL's ``copy_u``/``sum``
+    g-SpMM between the two degree scalings) and writes the result into its slot of one (K, N, d)
+    tensor. The backward pass runs what autograd runs for those modules (DGL's ``GSpMM`` backward,
+    the g-SpMM on the reversed graph index, between the same two scalings) and returns one gradient
+    per relation for the K copies of ``h`` the node takes: the engine adds them into ``h``'s
+    gradient in that order, last relation first, as it adds the per-relation nodes' gradients.
+    """
+
+    @staticmethod
+    def forward(ctx, plan: _SidePlan, *hs: Tensor) -> Tensor:  # noqa: D102
+        h, dtype = hs[0], hs[0].dtype
+        out = h.new_empty((len(plan.gidx), plan.n_dst, h.shape[1]))
+        for c, (gidx, mod) in enumerate(zip(plan.gidx, plan.mods)):
+            scale = mod.scales(dtype)
+            y = _gspmm(gidx, "copy_lhs", "sum", h if scale is None else h * scale[0], None)[0]
+            if scale is None:
+                out[plan.position[c]].copy_(y)
+            else:
+                torch.mul(y, scale[1], out=out[plan.position[c]])
+        ctx.plan, ctx.dtype = plan, dtype
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):  # noqa: D102
+        plan, grads = ctx.plan, []
+        for c in reversed(range(len(plan.gidx))):
+            scale = plan.mods[c].scales(ctx.dtype)
+            g = grad[plan.position[c]]
+            g = g.contiguous() if scale is None else g * scale[1]
+            d = _gspmm(plan.reverse[c], "copy_lhs", "sum", g, None)[0]
+            grads.append(d if scale is None else d * scale[0])
+        return (None, *grads)
+
+
+def _gspmm(gidx, op: str, reduce_op: str, u: Tensor, e: Tensor | None):
+    """DGL 2.1's g-SpMM kernel without its autograd wrapper (``dgl._sparse_ops._gspmm``)."""
+    from dgl._sparse_ops import _gspmm as kernel  # noqa: PLC0415  (lazy: DGL is optional)
+
+    return kernel(gidx, op, reduce_op, u, e)
 
 
 class _NormalisedSum(torch.nn.Module):
@@ -273,7 +338,10 @@ class _NormalisedSum(torch.nn.Module):
         self._deg = None if norm == "none" else (rel_graph.out_degrees(), rel_graph.in_degrees())
         self._scales: dict[torch.dtype, tuple[Tensor, Tensor]] = {}
 
-    def _scale(self, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    def scales(self, dtype: torch.dtype) -> tuple[Tensor, Tensor] | None:
+        """(source, destination) degree scalings as (N, 1) columns; None with ``norm="none"``."""
+        if self._deg is None:
+            return None
         if dtype not in self._scales:
             self._scales[dtype] = tuple(d.to(torch.float64).clamp(min=1).pow(-0.5).to(dtype).unsqueeze(1)
                                         for d in self._deg)
@@ -281,7 +349,7 @@ class _NormalisedSum(torch.nn.Module):
 
     def forward(self, graph, feat: tuple[Tensor, Tensor]) -> Tensor:  # noqa: D102
         h_src = feat[0]
-        scale = None if self._deg is None else self._scale(h_src.dtype)
+        scale = self.scales(h_src.dtype)
         out = self._spmm(graph, h_src if scale is None else h_src * scale[0])
         return out if scale is None else out.mul_(scale[1])
 
