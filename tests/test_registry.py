@@ -135,6 +135,40 @@ def test_the_docs_default_column_is_defaults_yaml():
     assert not wrong, wrong
 
 
+def test_the_docs_presets_table_is_the_preset_files():
+    """docs/usage.md's `| key | defaults | <preset> ...` table shows, per preset column, exactly the
+    keys that preset sets, with its values (floats to the 3 significant digits shown); every key a
+    shown preset sets has a row."""
+    lines = USAGE.split("### Presets")[1].splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| key | defaults |"))
+    header = [c.strip() for c in lines[start].split("|")[1:-1]]
+    names = header[2:]
+    table = {}
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.split("|")[1:-1]]
+        table[cells[0].strip("`")] = cells[1:]
+
+    def same(shown: str, value) -> bool:
+        got = yaml.safe_load(shown)
+        return float(f"{value:.3g}") == got if isinstance(value, float) else got == value
+
+    wrong = []
+    for j, name in enumerate(names, start=1):
+        preset = config.preset(name)
+        wrong += [f"{name}: {k} has no row" for k in preset if k not in table]
+        for key, cells in table.items():
+            if key in preset and not same(cells[j], preset[key]):
+                wrong.append(f"{name}.{key}: docs {cells[j]!r}, preset {preset[key]!r}")
+            elif key not in preset and cells[j]:
+                wrong.append(f"{name}.{key}: docs {cells[j]!r}, preset does not set it")
+    for key, cells in table.items():
+        if not same(cells[0], config.defaults()[key]):
+            wrong.append(f"defaults.{key}: docs {cells[0]!r}")
+    assert names and not wrong, wrong
+
+
 def test_every_config_key_has_a_row_in_the_docs():
     section = USAGE.split("### Configuration keys")[1].split("### Several processes")[0]
     first_cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
