@@ -135,3 +135,27 @@ def test_torch_products_equal_sparse_mm_on_64_bit_csr(norm):
     assert torch.equal(hi.grad, torch.sparse.mm(ref["ui_t"], wu.reshape(-1, 16)))
     assert torch.equal(hu.grad, torch.sparse.mm(ref["iu_t"], wi.reshape(-1, 16)))
     assert pu.abs().sum() > 0 and hu.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("k", [1, 3, 4])
+def test_behavior_mean_gives_autograds_values_without_writing_k_copies(k):
+    """``behavior_mean`` equals ``x.mean(0)`` bit for bit, and so does the gradient it sends back,
+    also where ``x`` has other uses that the engine adds to it; alone, that gradient is a broadcast
+    view of one (n, d) tensor (stride 0 over the behaviors), not K written copies."""
+    from cml_dgl.models.cml import behavior_mean
+
+    gen = torch.Generator().manual_seed(11)
+    x0 = torch.randn(k, 7, 5, generator=gen)
+    w = torch.randn(7, 5, generator=gen)
+    results = []
+    for mean in (lambda x: x.mean(0), behavior_mean):
+        x = x0.clone().requires_grad_()
+        y = torch.sigmoid(x)
+        out = mean(y)
+        ((out * w).sum() + (y ** 2).sum()).backward()
+        results.append((out.detach(), x.grad))
+    for a, b in zip(*results):
+        assert torch.equal(a, b)
+    x = x0.clone().requires_grad_()
+    (grad,) = torch.autograd.grad((behavior_mean(x) * w).sum(), x)
+    assert (k == 1 or grad.stride(0) == 0) and torch.equal(grad, (w / k).expand(k, 7, 5))

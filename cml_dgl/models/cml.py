@@ -64,6 +64,26 @@ FUSIONS = ("mean", "merged")  # (1/K) sum_k A_k H (paper Eq. 2) | A_merged H, th
 VARIANTS = ("full", "no-cl", "no-meta", "no-mke")
 
 
+class _BehaviorMean(torch.autograd.Function):
+    """``x.mean(0)``, whose backward returns ``grad / K`` broadcast over the K behaviors as a view:
+    the values autograd's own mean backward materialises as a (K, n, d) tensor, without writing it
+    (the propagators' backward reads each behavior's (n, d) slice)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tensor:  # noqa: D102
+        ctx.k = x.shape[0]
+        return x.mean(0)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tensor:  # noqa: D102
+        return (grad / ctx.k).unsqueeze(0).expand(ctx.k, *grad.shape)
+
+
+def behavior_mean(x: Tensor) -> Tensor:
+    """The mean over the behavior axis of a (K, n, d) tensor (bit for bit ``x.mean(0)``, gradients too)."""
+    return _BehaviorMean.apply(x)
+
+
 @dataclass
 class CMLOutput:
     """Fused ``user`` (U,d), ``item`` (I,d) and behavior-specific ``user_beh`` (K,U,d), ``item_beh``
@@ -334,13 +354,13 @@ class CML(Recommender):
             mean_i = self.propagator.item_mean(h_u)
         else:
             p_u, p_i = self.propagator(h_u, h_i)
-            mean_i = None if item_views else p_i.mean(0)
+            mean_i = None if item_views else behavior_mean(p_i)
         # mean_k(P^k) W = mean_k(P^k W): one (K,·,d) product serves both paths; the lazy user
         # views project only their rows, so the fused path projects the mean
         q_u = None if lazy else self._project("user", layer, p_u)
         q_i = self._project("item", layer, p_i) if item_views else None
-        m_u = self._project("user", layer, p_u.mean(0)) if lazy else q_u.mean(0)
-        m_i = q_i.mean(0) if mean_i is None else self._project("item", layer, mean_i)
+        m_u = self._project("user", layer, behavior_mean(p_u)) if lazy else behavior_mean(q_u)
+        m_i = behavior_mean(q_i) if mean_i is None else self._project("item", layer, mean_i)
         return p_u, p_i, q_u, q_i, m_u, m_i
 
     def _encode(self, behavior_specific: bool, item_behavior: bool = True) -> CMLOutput:
