@@ -50,6 +50,7 @@ VARIANTS: dict[str, list[str]] = {
     # the MB-CGCN list layout: --preset mbcgcn as it was during the study (the preset now holds the
     # tuned Tmall-MBCGCN trial), so that the recorded rows rerun as they ran
     "mbcgcn": ["monitor_protocol=full", "item_bias=false", "opt_base_lr=0.001", "opt_max_lr=0.005", "patience=10"],
+    "mbcgcn-preset": ["@mbcgcn"],                           # --preset mbcgcn as it is now (the tuned trial)
     "linear": ["propagation=linear"],
     "mean-readout": ["readout=mean"],
     "normal-init": ["init=normal"],

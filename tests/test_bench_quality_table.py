@@ -34,3 +34,17 @@ def test_untuned_rows_and_the_epoch_cap(tmp_path):
     assert bench.tuned("retailrocket", "mf") == ["--set", "epochs=3", "--model", "mf"]
     assert bench.tuned("ijcai15", "cml@paper")[-2:] == ["--set", "epochs=3"]
     assert bench.tuned("retailrocket", "cascading-rank")[-2:] == ["--model", "cascading-rank"]
+
+
+def test_every_model_of_a_dataset_is_selected_on_the_same_ranking(tmp_path):
+    """On the MB-CGCN lists every model's epochs and trials are chosen on the full ranking (the
+    protocol reported there), not only CML's (whose preset says so); the CML splits keep the
+    stored candidates."""
+    bench = _bench(tmp_path)
+    for model in ("mf", "lightgcn-merged", "cml", "cml@official"):
+        cfg = config.resolve(presets=_presets(bench.base_layers("tmall-mbcgcn", model)),
+                             overrides=[v for a, v in zip(bench.base_layers("tmall-mbcgcn", model)[:-1],
+                                                          bench.base_layers("tmall-mbcgcn", model)[1:]) if a == "--set"])
+        assert cfg["monitor_protocol"] == "full", model
+    assert "monitor_protocol=full" not in bench.base_layers("retailrocket", "mf")
+    assert bench.tuned("tmall-mbcgcn", "itemknn")[-2:] == ["--model", "itemknn"]
