@@ -322,32 +322,48 @@ def test_light_and_mbcgcn_presets_layer_over_a_dataset_preset_and_paper_undoes_t
     assert (off["activation"], off["norm"], off["propagation"], off["readout"]) == ("sigmoid", "none", "nonlinear", "concat")
 
 
-@pytest.mark.parametrize("dataset", ["retailrocket", "ijcai15"])
-def test_dataset_presets_are_the_configuration_the_study_confirmed(dataset):
-    """The scoreboard's CML rows ran `--preset authors-X --preset paper --preset light` (the study's
-    base and its candidate); today's `--preset X` resolves to exactly that configuration."""
-    study = config.resolve(presets=[f"authors-{dataset}", "paper", "light"])
-    assert config.resolve(presets=[dataset]) == study
+#: the presets that hold a `cml tune` trial: its best.yaml in tests/data/tuned -> the preset layers,
+#: and the keys a layer sets besides the searched ones
+TUNED = {"retailrocket": (["retailrocket"], set()),
+         "tmall-mbcgcn": (["tmall", "mbcgcn"], {"monitor_protocol", "patience"})}
+
+
+def _searched() -> set[str]:
+    from cml_dgl.models import registry
+
+    return set(registry.spec("cml").search_space)
+
+
+def test_dataset_presets_are_the_configuration_the_study_confirmed():
+    """The scoreboard's IJCAI-15 CML rows ran `--preset authors-ijcai15 --preset paper --preset
+    light` (the study's base and its candidate); `--preset ijcai15` resolves to exactly that."""
+    study = config.resolve(presets=["authors-ijcai15", "paper", "light"])
+    assert config.resolve(presets=["ijcai15"]) == study
     assert (study["propagation"], study["fusion"], study["dim"]) == ("linear", "merged", 64)
 
 
-def test_the_mbcgcn_preset_is_the_tuned_tmall_mbcgcn_trial():
-    """`--preset tmall --preset mbcgcn` is, key for key, the best.yaml `cml tune` wrote on
-    Tmall-MBCGCN (kept in tests/data), whose 3-seed rows docs/results.md reports; over the study's
-    base it changes only what the search space searched (and the layout's own keys)."""
-    tuned = yaml.safe_load((Path(__file__).parent / "data" / "tuned" / "tmall-mbcgcn-cml.yaml").read_text())
-    assert config.resolve(presets=["tmall", "mbcgcn"]) == tuned
-    base = config.resolve(presets=["authors-tmall", "paper", "light"])
-    changed = {k for k in tuned if tuned[k] != base[k]}
-    from cml_dgl.models import registry
-    searched = set(registry.spec("cml").search_space)
-    assert changed - searched == {"monitor_protocol", "patience"}
+@pytest.mark.parametrize("name", sorted(TUNED))
+def test_tuned_presets_are_their_cml_tune_trials(name):
+    """A tuned preset is, key for key, the best.yaml `cml tune` wrote on that dataset (kept in
+    tests/data), whose 3-seed rows docs/results.md reports; over the study's configuration it
+    changes only what the search space searched (and a layout's own keys)."""
+    layers, own = TUNED[name]
+    tuned = yaml.safe_load((Path(__file__).parent / "data" / "tuned" / f"{name}-cml.yaml").read_text())
+    assert config.resolve(presets=layers) == tuned
+    base = config.resolve(presets=[f"authors-{layers[0]}", "paper", "light"])
+    assert {k for k in tuned if tuned[k] != base[k]} - _searched() == own
 
 
 @pytest.mark.parametrize("dataset", ["retailrocket", "ijcai15", "tmall"])
 def test_an_authors_preset_differs_from_its_dataset_preset_in_size_and_rates_only(dataset):
+    """... and, where the dataset preset holds a tuned trial, in the searched keys."""
     mine, theirs = config.preset(dataset), config.preset(f"authors-{dataset}")
-    assert {k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k)} == {"dim", "opt_base_lr", "opt_max_lr"}
+    differ = {k for k in {*mine, *theirs} if mine.get(k) != theirs.get(k)}
+    size_and_rates = {"dim", "opt_base_lr", "opt_max_lr"}
+    if any(layers == [dataset] for layers, _ in TUNED.values()):
+        assert size_and_rates <= differ <= size_and_rates | _searched()
+    else:
+        assert differ == size_and_rates
 
 
 def test_authors_presets_with_paper_give_the_default_before_issue_13():
