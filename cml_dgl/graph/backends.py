@@ -275,6 +275,9 @@ class _SidePlan:
         self.reverse = [g.reverse() for g in self.gidx]
         self.mods = [prop.conv.mods[et] for et in etypes]
         self.n_dst = prop.n_users if dst == USER else prop.n_items
+        from dgl._sparse_ops import _gspmm  # noqa: PLC0415  (DGL 2.1's g-SpMM without its autograd wrapper)
+
+        self.gspmm = _gspmm
 
 
 class _RelationSums(torch.autograd.Function):
@@ -294,7 +297,7 @@ class _RelationSums(torch.autograd.Function):
         out = h.new_empty((len(plan.gidx), plan.n_dst, h.shape[1]))
         for c, (gidx, mod) in enumerate(zip(plan.gidx, plan.mods)):
             scale = mod.scales(dtype)
-            y = _gspmm(gidx, "copy_lhs", "sum", h if scale is None else h * scale[0], None)[0]
+            y = plan.gspmm(gidx, "copy_lhs", "sum", h if scale is None else h * scale[0], None)[0]
             if scale is None:
                 out[plan.position[c]].copy_(y)
             else:
@@ -309,16 +312,9 @@ class _RelationSums(torch.autograd.Function):
             scale = plan.mods[c].scales(ctx.dtype)
             g = grad[plan.position[c]]
             g = g.contiguous() if scale is None else g * scale[1]
-            d = _gspmm(plan.reverse[c], "copy_lhs", "sum", g, None)[0]
+            d = plan.gspmm(plan.reverse[c], "copy_lhs", "sum", g, None)[0]
             grads.append(d if scale is None else d * scale[0])
         return (None, *grads)
-
-
-def _gspmm(gidx, op: str, reduce_op: str, u: Tensor, e: Tensor | None):
-    """DGL 2.1's g-SpMM kernel without its autograd wrapper (``dgl._sparse_ops._gspmm``)."""
-    from dgl._sparse_ops import _gspmm as kernel  # noqa: PLC0415  (lazy: DGL is optional)
-
-    return kernel(gidx, op, reduce_op, u, e)
 
 
 class _NormalisedSum(torch.nn.Module):
