@@ -9,7 +9,8 @@ configuration ``bench/step_profile.py`` times) on the published split, runs one 
 times ``--steps`` steps with ``time.perf_counter``. The revisions alternate within every round, so
 that a change in the machine's state hits them alike; each revision's figure is the median of its
 rounds' medians, and the ratio of every revision to the first is printed. The dataset is prepared
-once, by this tree. The timed code must offer the trainer interface of today's tree
+once, and the steps are timed by this tree's ``bench.common`` helpers (those of
+``bench/step_profile.py``), so the timed code must offer today's trainer interface
 (``Trainer(...).strategy.step``, ``strategy.draws.cml_steps()``).
 """
 
@@ -26,40 +27,26 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import AUTHORS_PRESET, ROOT, published_dataset  # noqa: E402
+from bench.common import ROOT, published_dataset  # noqa: E402
 
 CHILD = r"""
-import json, statistics, sys, tempfile, time
-tree, dataset, name, backend, threads, steps, sets = sys.argv[1:8]
-sys.path.insert(0, tree)
+import json, statistics, sys, time
+root, tree, dataset, name, backend, threads, steps, sets = sys.argv[1:9]
+sys.path[:0] = [tree, root]  # the revision's cml_dgl (its archive holds nothing else), this tree's bench
 from pathlib import Path
 import torch
 torch.set_num_threads(int(threads))
 import cml_dgl
-from cml_dgl.data.dataset import load_dataset
-from cml_dgl.train import config
-from cml_dgl.train.strategies import Timer
-from cml_dgl.train.trainer import Trainer
-ds = load_dataset(Path(dataset))
-cfg = config.resolve(presets=[name, "paper"], overrides=["epochs=1", "device=cpu", "monitor=test",
-                     f"backend={backend}", *json.loads(sets)])
-tr = Trainer(ds, cfg, Path(tempfile.mkdtemp(prefix="cml-ab-")) / "run", quiet=True)
-st, sums, n = tr.strategy, {}, int(steps)
-draws = st.draws.cml_steps()
-draws = (draws * -(-(n + 1) // len(draws)))[:n + 1]
-st.step(draws[0], sums, Timer())
-times = []
-for step in draws[1:]:
-    t = time.perf_counter()
-    st.step(step, sums, Timer())
-    times.append(time.perf_counter() - t)
+from bench.common import authors_step_strategy, time_steps
+tr, st = authors_step_strategy(Path(dataset), name, backend, json.loads(sets))
+times, _, _ = time_steps(st, int(steps), time.perf_counter)
 print(json.dumps({"median_s": statistics.median(times), "module": cml_dgl.__file__,
                   "backend": st.model.propagator.backend}))
 """
 
 
 def export(rev: str, dest: Path) -> Path:
-    """The files of ``rev`` (``git archive``) in ``dest``; the revision's full hash."""
+    """``rev``'s ``cml_dgl`` package (``git archive``) extracted into ``dest``, which is returned."""
     full = subprocess.run(["git", "rev-parse", "--verify", rev + "^{commit}"], cwd=ROOT, capture_output=True,
                           text=True)
     if full.returncode != 0:
@@ -93,7 +80,7 @@ def main() -> None:
     rounds: dict[str, list[float]] = {rev: [] for rev in revs}
     for r in range(args.rounds):
         for rev in (revs if r % 2 == 0 else revs[::-1]):
-            proc = subprocess.run([sys.executable, "-c", CHILD, str(trees[rev]), str(dataset), AUTHORS_PRESET[args.dataset],
+            proc = subprocess.run([sys.executable, "-c", CHILD, str(ROOT), str(trees[rev]), str(dataset), args.dataset,
                                    args.backend, str(args.threads), str(args.steps), json.dumps(args.set)],
                                   env=env, capture_output=True, text=True)
             if proc.returncode != 0:

@@ -113,3 +113,34 @@ def tmall_mbcgcn_dataset(holdouts: bool, workdir: Path | None = None, valid: boo
 
 def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2
+
+
+def authors_step_strategy(dataset: Path, name: str, backend: str, overrides: list[str]):
+    """(trainer, its strategy) of ``--preset authors-<name> --preset paper`` on a published
+    split, one epoch on the CPU: the configuration the step benchmarks time."""
+    from cml_dgl.data.dataset import load_dataset
+    from cml_dgl.train import config
+    from cml_dgl.train.trainer import Trainer
+
+    cfg = config.resolve(presets=[AUTHORS_PRESET[name], "paper"],
+                         overrides=["epochs=1", "device=cpu", "monitor=test", f"backend={backend}", *overrides])
+    tr = Trainer(load_dataset(dataset), cfg, Path(tempfile.mkdtemp(prefix="cml-step-")) / "run", quiet=True)
+    return tr, tr.strategy
+
+
+def time_steps(strategy, n: int, clock, extra: int = 0):
+    """One warm-up step, then ``n`` timed steps of ``strategy`` (the epoch's draws, reused where the
+    epoch is shorter). Returns (seconds per timed step, the phases' Timer, the ``extra`` draws left)."""
+    from cml_dgl.train.strategies import Timer
+
+    need = 1 + n + extra
+    steps = strategy.draws.cml_steps()
+    steps = (steps * -(-need // len(steps)))[:need]
+    sums: dict = {}
+    strategy.step(steps[0], sums, Timer(clock))
+    timer, per_step = Timer(clock), []
+    for step in steps[1:1 + n]:
+        t = clock()
+        strategy.step(step, sums, timer)
+        per_step.append(clock() - t)
+    return per_step, timer, steps[1 + n:]

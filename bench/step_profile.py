@@ -19,13 +19,12 @@ import argparse
 import json
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import published_dataset, set_threads  # noqa: E402
+from bench.common import authors_step_strategy, published_dataset, set_threads, time_steps  # noqa: E402
 
 
 def main() -> None:
@@ -46,38 +45,23 @@ def main() -> None:
     threads = set_threads(args.threads)
     import torch
 
-    from cml_dgl.data.dataset import load_dataset
-    from cml_dgl.train import config
-    from cml_dgl.train.strategies import Timer
-    from cml_dgl.train.trainer import Trainer
-
-    ds = load_dataset(published_dataset(args.dataset, valid=False))
-    cfg = config.resolve(presets=[f"authors-{args.dataset}", "paper"],
-                         overrides=["epochs=1", "device=cpu", "monitor=test", f"backend={args.backend}", *args.set])
-    tr = Trainer(ds, cfg, Path(tempfile.mkdtemp(prefix="cml-step-")) / "run", quiet=True)
-    strategy = tr.strategy
-    steps = strategy.draws.cml_steps()
-    need = 1 + args.steps + (2 if args.profile else 0)
-    steps = (steps * -(-need // len(steps)))[:need]  # an epoch shorter than asked: reuse its draws
-    sums: dict = {}
+    tr, strategy = authors_step_strategy(published_dataset(args.dataset, valid=False), args.dataset, args.backend,
+                                         args.set)
     clock = time.process_time if args.clock == "cpu" else time.perf_counter
-    strategy.step(steps[0], sums, Timer(clock))
-    timer, per_step = Timer(clock), []
-    for step in steps[1:1 + args.steps]:
-        t = clock()
-        strategy.step(step, sums, timer)
-        per_step.append(clock() - t)
+    per_step, timer, rest = time_steps(strategy, args.steps, clock, extra=2 if args.profile else 0)
     res = {"dataset": args.dataset, "backend": strategy.model.propagator.backend, "threads": threads,
-           "batch_size": cfg["batch_size"], "steps_per_epoch": tr.steps_per_epoch(), "steps_timed": args.steps,
+           "batch_size": tr.cfg["batch_size"], "steps_per_epoch": tr.steps_per_epoch(), "steps_timed": args.steps,
            "clock": args.clock, "s_per_step_median": statistics.median(per_step), "s_per_step_min": min(per_step),
            "s_per_phase_mean": {k: v / args.steps for k, v in timer.seconds.items()},
            "overrides": args.set, "torch": torch.__version__}
     if args.profile:
         from torch.profiler import ProfilerActivity, profile
 
+        from cml_dgl.train.strategies import Timer
+
         with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
-            for step in steps[1 + args.steps:]:
-                strategy.step(step, sums, Timer())
+            for step in rest:
+                strategy.step(step, {}, Timer())
         table = prof.key_averages(group_by_input_shape=True).table(
             sort_by="self_cpu_time_total", row_limit=args.profile, max_name_column_width=40,
             max_shapes_column_width=60)

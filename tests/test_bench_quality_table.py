@@ -42,9 +42,9 @@ def test_every_model_of_a_dataset_is_selected_on_the_same_ranking(tmp_path):
     stored candidates."""
     bench = _bench(tmp_path)
     for model in ("mf", "lightgcn-merged", "cml", "cml@official"):
-        cfg = config.resolve(presets=_presets(bench.base_layers("tmall-mbcgcn", model)),
-                             overrides=[v for a, v in zip(bench.base_layers("tmall-mbcgcn", model)[:-1],
-                                                          bench.base_layers("tmall-mbcgcn", model)[1:]) if a == "--set"])
+        layers = bench.base_layers("tmall-mbcgcn", model)
+        sets = [layers[i + 1] for i, a in enumerate(layers) if a == "--set"]
+        cfg = config.resolve(presets=_presets(layers), overrides=sets)
         assert cfg["monitor_protocol"] == "full", model
     assert "monitor_protocol=full" not in bench.base_layers("retailrocket", "mf")
     assert bench.tuned("tmall-mbcgcn", "itemknn")[-2:] == ["--model", "itemknn"]

@@ -16,8 +16,8 @@ i.e. one step of Eq. 1 of the paper per behavior, without mixing behaviors.
   receive nothing, so their rows stay zero. The degree scalings are computed once, and the
   per-relation outputs are stacked straight into the caller's relation order. The propagator runs
   those modules' arithmetic for all relations of one side in one autograd node
-  (:class:`_RelationSums`), bit for bit what ``propagator.conv`` computes and sends back, about a
-  tenth less time per Retailrocket epoch than one node per operation. CPU only.
+  (:class:`_RelationSums`), bit for bit what ``propagator.conv`` computes and sends back, without
+  a node per operation (docs/results.md, "Session 6"). CPU only.
 * ``"torch"``: the K relations stacked in one sparse CSR matrix, one sparse-dense product per side,
   with a hand-written backward (the precomputed transpose). Any device; never imports DGL.
 
@@ -293,23 +293,23 @@ class _RelationSums(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, plan: _SidePlan, *hs: Tensor) -> Tensor:  # noqa: D102
-        h, dtype = hs[0], hs[0].dtype
+        h = hs[0]
         out = h.new_empty((len(plan.gidx), plan.n_dst, h.shape[1]))
         for c, (gidx, mod) in enumerate(zip(plan.gidx, plan.mods)):
-            scale = mod.scales(dtype)
+            scale = mod.scales(h.dtype)
             y = plan.gspmm(gidx, "copy_lhs", "sum", h if scale is None else h * scale[0], None)[0]
             if scale is None:
                 out[plan.position[c]].copy_(y)
             else:
                 torch.mul(y, scale[1], out=out[plan.position[c]])
-        ctx.plan, ctx.dtype = plan, dtype
+        ctx.plan = plan
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # noqa: D102
         plan, grads = ctx.plan, []
         for c in reversed(range(len(plan.gidx))):
-            scale = plan.mods[c].scales(ctx.dtype)
+            scale = plan.mods[c].scales(grad.dtype)
             g = grad[plan.position[c]]
             g = g.contiguous() if scale is None else g * scale[1]
             d = plan.gspmm(plan.reverse[c], "copy_lhs", "sum", g, None)[0]
