@@ -33,16 +33,23 @@ def _dense_reference(n_users, n_items, edges, norm):
 
 
 def _graphs():
-    """(name, n_users, n_items, edges, names): the tiny dataset, and one with an empty behavior,
-    duplicate edges and isolated users/items."""
+    """(name, n_users, n_items, edges, names): the tiny dataset, one with an empty behavior,
+    duplicate edges and isolated users/items, and one whose relations cover very different shares
+    of the nodes."""
     ds = make_tiny_dataset()
     tiny = [ds.edges(k) for k in range(ds.n_behaviors)]
     rng = np.random.default_rng(3)
     u = rng.integers(0, 6, 25)
     i = rng.integers(0, 8, 25)
     odd = [(u, i), (np.zeros(0, np.int64), np.zeros(0, np.int64)), (u[:7], i[:7])]
+    # one relation over almost every node, one over a few items, one over a few users; edges in
+    # random order with duplicates
+    dense = (rng.integers(0, 30, 400), rng.integers(0, 50, 400))
+    few_items = (rng.integers(0, 30, 60), rng.choice([3, 17, 18, 40, 41, 49], 60))
+    few_users = (rng.choice([0, 5, 29], 40), rng.integers(0, 50, 40))
     return [("tiny", ds.n_users, ds.n_items, tiny, ds.behaviors),
-            ("empty-behavior", 9, 11, odd, ["pv", "fav", "buy"])]
+            ("empty-behavior", 9, 11, odd, ["pv", "fav", "buy"]),
+            ("sparse-sides", 30, 50, [dense, few_items, few_users], ["view", "cart", "buy"])]
 
 
 GRAPHS = _graphs()
