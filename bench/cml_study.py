@@ -51,6 +51,7 @@ VARIANTS: dict[str, list[str]] = {
     # tuned Tmall-MBCGCN trial), so that the recorded rows rerun as they ran
     "mbcgcn": ["monitor_protocol=full", "item_bias=false", "opt_base_lr=0.001", "opt_max_lr=0.005", "patience=10"],
     "mbcgcn-preset": ["@mbcgcn"],                           # --preset mbcgcn as it is now (the tuned trial)
+    "retailrocket-preset": ["@retailrocket"],               # --preset retailrocket (the tuned trial; after light)
     "linear": ["propagation=linear"],
     "mean-readout": ["readout=mean"],
     "normal-init": ["init=normal"],

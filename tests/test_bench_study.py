@@ -50,3 +50,21 @@ def test_finished_runs_make_the_table(tmp_path):
     assert [r["seed"] for r in rows] == [2023, 2024] and rows[0]["seconds_to_best"] == 3.0
     table = cml_study.table(rows)
     assert "| retailrocket | dim64 | 2 | 0.3000 ± 0.1414 | 0.1500 ± 0.0707 | 0.4000 ± 0.1414 |" in table
+
+
+@pytest.mark.parametrize("name, variant, preset", [("retailrocket", "light+retailrocket-preset", ["retailrocket"]),
+                                                   ("tmall-mbcgcn", "light+mbcgcn-preset", ["tmall", "mbcgcn"])])
+def test_the_tuned_preset_variants_are_the_presets(tmp_path, name, variant, preset):
+    """On top of the study's base, the tuned-preset variants resolve to what `cml train --preset` gives
+    (save the study's epoch cap and patience), so their ablations are the presets' ablations."""
+    from cml_dgl.train.config import resolve
+
+    study = _study(tmp_path)
+    (tmp_path / "data" / name).mkdir(parents=True)
+    (tmp_path / "data" / name / "meta.json").write_text("{}")
+    argv = study.command(name, variant, 2023)
+    presets = [argv[i + 1] for i, a in enumerate(argv) if a == "--preset"]
+    sets = [argv[i + 1] for i, a in enumerate(argv) if a == "--set"]
+    mine = resolve(presets, None, [s for s in sets if not s.startswith(("epochs=", "patience="))])
+    theirs = resolve(preset)
+    assert {k: (mine[k], theirs[k]) for k in theirs if mine[k] != theirs[k]} == {}
