@@ -7,9 +7,10 @@ sampled and full ranking, several seeds, tuned with the same trial budget.
 
 Per dataset, two dataset folders are built once: *honest* (each test user's latest training
 purchase held out as validation, as the test split was made) and *paper* (the published training
-split whole, `--no-valid`). Per trainable model, ``cml tune`` searches its registry space on the
-honest folder's validation split (``--trials`` each, the same for every model; the test split is
-never read); its ``best.yaml`` is the config of every run below. Training-free models are not tuned.
+split whole, `--no-valid`). Per model with a search space (every trainable one, and ItemKNN and CascadingRank among the
+training-free), ``cml tune`` searches its registry space on the honest folder's validation split
+(``--trials`` each, the same for every model; the test split is never read); its ``best.yaml`` is
+the config of every run below. Popularity and history have nothing to tune.
 Per model and seed:
 
   paper         ``cml train PAPER --monitor test``: the epoch is chosen on the test set (labelled so);
@@ -98,7 +99,7 @@ class Bench:
         if model in REFERENCES:
             return self.base_layers(name, model)
         spec = registry.spec(model)
-        if spec.strategy == "none" or not getattr(spec, "search_space", None) or self.args.trials == 0:
+        if not spec.search_space or self.args.trials == 0:
             return self.base_layers(name, model) + ["--model", model]
         out = self.out / "tune" / name / model
         best = out / "best.yaml"

@@ -42,7 +42,7 @@ from cml_dgl.data.dataset import Dataset, load_dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.fsutil import atomic_write_bytes, atomic_write_json
 from cml_dgl.models import registry
-from cml_dgl.models.search_space import Choice, Distribution, IntRange, LogUniform
+from cml_dgl.models.search_space import Choice, Distribution, IntRange, LogUniform, Uniform
 
 STUDY_NAME = "cml-tune"
 SETTINGS_ATTR = "cml_tune"
@@ -68,13 +68,19 @@ def without_test(ds: Dataset) -> Dataset:
 
 def suggest(trial: Any, key: str, dist: Distribution, cfg: Mapping[str, Any]) -> Any:
     """Draw ``key`` from ``dist`` for an Optuna ``trial``; ``cfg`` holds the values so far (for
-    ``at_least``)."""
+    ``at_least`` and ``sum_at_most``)."""
     if isinstance(dist, LogUniform):
         low = max(dist.low, float(cfg[dist.at_least])) if dist.at_least else dist.low
         if low > dist.high:
             raise CmlError(f"search space: {key} is searched in [{dist.low:g}, {dist.high:g}] but must be at least "
                            f"{dist.at_least} = {cfg[dist.at_least]:g}")
         return trial.suggest_float(key, low, dist.high, log=True)
+    if isinstance(dist, Uniform):
+        high = dist.grid_high(cfg)
+        if high < dist.low:
+            raise CmlError(f"search space: {key} is searched from {dist.low:g} but {dist.sum_at_most[1]:g} - "
+                           f"{dist.sum_at_most[0]} = {dist.sum_at_most[1] - float(cfg[dist.sum_at_most[0]]):g}")
+        return dist.value(round((trial.suggest_float(key, dist.low, high, step=dist.step) - dist.low) / dist.step))
     if isinstance(dist, IntRange):
         return trial.suggest_int(key, dist.low, dist.high, step=dist.step)
     if isinstance(dist, Choice):

@@ -47,4 +47,21 @@ def test_every_model_of_a_dataset_is_selected_on_the_same_ranking(tmp_path):
         cfg = config.resolve(presets=_presets(layers), overrides=sets)
         assert cfg["monitor_protocol"] == "full", model
     assert "monitor_protocol=full" not in bench.base_layers("retailrocket", "mf")
-    assert bench.tuned("tmall-mbcgcn", "itemknn")[-2:] == ["--model", "itemknn"]
+    assert bench.tuned("tmall-mbcgcn", "history")[-2:] == ["--model", "history"]
+
+
+def test_training_free_models_with_a_search_space_are_tuned_like_the_others(tmp_path, monkeypatch):
+    """ItemKNN's neighbours and shrinkage and CascadingRank's restart weights are chosen by the
+    same ``cml tune`` budget as the trained models (on validation); popularity and history have
+    nothing to tune."""
+    bench, calls = _bench(tmp_path, trials=7), []
+    monkeypatch.setattr(bench, "cml", lambda *args: calls.append([str(a) for a in args]) or "")
+    for model in ("itemknn", "cascading-rank"):
+        layers = bench.tuned("retailrocket", model)
+        assert layers == ["--config", tmp_path.resolve() / "tune" / "retailrocket" / model / "best.yaml"]
+        assert calls[-1][:6] == ["tune", str(bench.dataset("retailrocket", "honest")), "--model", model,
+                                 "--trials", "7"]
+    n = len(calls)
+    for model in ("pop", "pop-target", "history"):
+        assert bench.tuned("retailrocket", model)[-2:] == ["--model", model]
+    assert len(calls) == n

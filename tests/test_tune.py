@@ -16,7 +16,7 @@ from cml_dgl.data.dataset import load_dataset, write_dataset
 from cml_dgl.data.synth import synthetic_dataset
 from cml_dgl.errors import CmlError
 from cml_dgl.models import registry
-from cml_dgl.models.search_space import Choice, IntRange, LogUniform
+from cml_dgl.models.search_space import Choice, IntRange, LogUniform, Uniform
 from cml_dgl.train import config
 from tests.conftest import assert_one_line_error, run_cli, run_cli_ok
 
@@ -52,16 +52,24 @@ def valid_curve(run_dir: str) -> dict[int, float]:
 def test_every_search_space_is_valid_config():
     keys = config.defaults()
     for spec in registry.REGISTRY.values():
-        for end in (0, 1):  # every key at its low end, then at its high end
-            config.resolve(overrides=[f"model={spec.name}"] + [f"{key}={dist.bounds()[end]!r}"
-                                                               for key, dist in spec.search_space.items()])
+        for end in (0, 1):  # every key at its low end, then at its high end (as far as a constraint allows)
+            values: dict = {}
+            for key, dist in spec.search_space.items():
+                values[key] = dist.bounds()[end]
+                if isinstance(dist, Uniform):
+                    values[key] = min(values[key], dist.grid_high(values))
+            config.resolve(overrides=[f"model={spec.name}"] + [f"{k}={v!r}" for k, v in values.items()])
         for i, (key, dist) in enumerate(spec.search_space.items()):
             assert key in keys and key != "model", (spec.name, key)
             if isinstance(dist, LogUniform) and dist.at_least:
                 ref = spec.search_space.get(dist.at_least)
                 assert dist.at_least in keys and dist.at_least not in list(spec.search_space)[i:]
                 assert (ref.bounds()[1] if ref else keys[dist.at_least]) <= dist.high  # never an empty range
-    for name in ("cml", "mf", "lightgcn", "lightgcn-merged"):
+            if isinstance(dist, Uniform) and dist.sum_at_most:
+                ref = spec.search_space.get(dist.sum_at_most[0])
+                assert dist.sum_at_most[0] in keys and dist.sum_at_most[0] not in list(spec.search_space)[i:]
+                assert (ref.bounds()[1] if ref else keys[dist.sum_at_most[0]]) + dist.low <= dist.sum_at_most[1]
+    for name in ("cml", "mf", "lightgcn", "lightgcn-merged", "itemknn", "cascading-rank"):
         assert registry.REGISTRY[name].search_space, name
     assert {"beta", "cl_temperature", "n_layers", "opt_max_lr"} <= set(registry.REGISTRY["cml"].search_space)
     assert not registry.REGISTRY["pop"].search_space
@@ -85,6 +93,17 @@ def test_suggest_draws_from_each_distribution():
         d = suggest(t, "dim", Choice((16, 32)), {})
         assert 1e-4 <= base <= 1e-2 and max(base, 1e-3) <= peak <= 5e-2 and n in (1, 3, 5) and d in (16, 32)
         study.tell(t, 0.0)
+    alpha = Uniform(0.0, 0.5, 0.05, sum_at_most=("cascade_beta", 1.0))
+    drawn = set()
+    for _ in range(60):
+        t = study.ask()
+        beta = suggest(t, "cascade_beta", Uniform(0.0, 0.95, 0.05), {})
+        a = suggest(t, "cascade_alpha", alpha, {"cascade_beta": beta})
+        assert a + beta <= 1.0 and a <= 0.5 and round(a * 20) == a * 20 and round(beta * 20) == beta * 20, (a, beta)
+        config.resolve(overrides=["model=cascading-rank", f"cascade_alpha={a!r}", f"cascade_beta={beta!r}"])
+        drawn.add(a + beta == 1.0)
+        study.tell(t, 0.0)
+    assert drawn == {True, False}  # the constraint's edge is reached, and exactly
     with pytest.raises(CmlError, match="opt_max_lr is searched in \\[0.001, 0.002\\] but must be at least "
                                        "opt_base_lr = 0.01"):
         suggest(study.ask(), "opt_max_lr", LogUniform(1e-3, 2e-3, at_least="opt_base_lr"), {"opt_base_lr": 0.01})

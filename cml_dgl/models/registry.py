@@ -25,7 +25,7 @@ from cml_dgl.errors import CmlError
 from cml_dgl.models.base import Recommender
 from cml_dgl.models.baselines import MF, CascadingRank, History, ItemKNN, LightGCN, Popularity
 from cml_dgl.models.cml import CML
-from cml_dgl.models.search_space import Choice, Distribution, IntRange, LogUniform
+from cml_dgl.models.search_space import Choice, Distribution, IntRange, LogUniform, Uniform
 
 STRATEGIES = ("meta", "pair", "none")
 
@@ -73,6 +73,16 @@ _CML_SPACE: dict[str, Distribution] = {
     "lr_clone": LogUniform(1e-5, 1e-3),
     "meta_opt_max_lr": LogUniform(1e-4, 1e-2, at_least="meta_opt_base_lr"),
 }
+#: ItemKNN's neighbours and shrinkage, over the ranges Dacrema et al. (RecSys 2019) searched
+_KNN_SPACE: dict[str, Distribution] = {
+    "knn_neighbors": Choice((5, 10, 20, 50, 100, 200, 400, 800)),
+    "knn_shrink": Choice((0.0, 1.0, 10.0, 50.0, 100.0, 500.0, 1000.0)),
+}
+#: CascadingRank's two restart weights (its authors' settings, 0 / 0.9 and 0.3 / 0.6, lie on the grid)
+_CASCADE_SPACE: dict[str, Distribution] = {
+    "cascade_beta": Uniform(0.0, 0.95, 0.05),
+    "cascade_alpha": Uniform(0.0, 0.5, 0.05, sum_at_most=("cascade_beta", 1.0)),
+}
 
 REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("cml", CML, "meta", "CML (the paper's model): behavior-aware encoder, contrastive views, "
@@ -89,9 +99,10 @@ REGISTRY: dict[str, ModelSpec] = {s.name: s for s in (
     ModelSpec("history", History, "none", "the user's own auxiliary-behavior items first (stronger behavior, "
               "then more behaviors), then items by purchase popularity"),
     ModelSpec("itemknn", ItemKNN, "none", "item-item cosine neighbours (shrunk, top-k per item) over every "
-              "behavior merged"),
+              "behavior merged", search_space=_KNN_SPACE),
     ModelSpec("cascading-rank", CascadingRank, "none", "CascadingRank: random walks with restart on the "
-              "behavior graphs in cascade order, each restarting to the previous one's ranking"),
+              "behavior graphs in cascade order, each restarting to the previous one's ranking",
+              search_space=_CASCADE_SPACE),
 )}
 
 MODELS: tuple[str, ...] = tuple(REGISTRY)

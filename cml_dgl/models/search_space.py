@@ -4,6 +4,9 @@ per config key, that ``cml tune`` samples (:mod:`cml_dgl.tuning` turns them into
 * :class:`LogUniform` - a float, uniform in log space on [low, high]; with ``at_least`` the low end
   is raised to that other key's value in the same trial (``opt_max_lr`` at least ``opt_base_lr``,
   which the config requires);
+* :class:`Uniform` - a float on a grid of ``step`` in [low, high]; with ``sum_at_most`` = (key,
+  total) the high end is lowered to total minus that other key's value in the same trial
+  (``cascade_alpha`` + ``cascade_beta`` at most 1, which CascadingRank requires);
 * :class:`IntRange` - an integer in low..high (inclusive), in steps of ``step``;
 * :class:`Choice` - one of a few values.
 
@@ -31,6 +34,37 @@ class LogUniform:
 
     def bounds(self) -> tuple[Any, Any]:
         return self.low, self.high
+
+
+@dataclass(frozen=True)
+class Uniform:
+    low: float
+    high: float
+    step: float
+    sum_at_most: tuple[str, float] | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.low <= self.high and self.step > 0):
+            raise ValueError(f"Uniform needs low <= high and step > 0, got {self.low}, {self.high}, {self.step}")
+
+    def describe(self) -> str:
+        text = f"[{self.low:g}, {self.high:g}] step {self.step:g}"
+        if self.sum_at_most:
+            key, total = self.sum_at_most
+            text += f", at most {total:g} - `{key}`"
+        return text
+
+    def bounds(self) -> tuple[Any, Any]:
+        return self.low, self.high
+
+    def grid_high(self, cfg: Any) -> float:
+        """The highest grid value allowed given the trial's values so far in ``cfg``."""
+        high = self.high if self.sum_at_most is None else min(self.high, self.sum_at_most[1] - float(cfg[self.sum_at_most[0]]))
+        return self.value(int((high - self.low) / self.step + 1e-9))
+
+    def value(self, n: int) -> float:
+        """The n-th grid value, rounded so that grid sums such as 0.3 + 0.7 stay exact."""
+        return round(self.low + n * self.step, 12)
 
 
 @dataclass(frozen=True)
@@ -65,4 +99,4 @@ class Choice:
         return min(self.choices), max(self.choices)
 
 
-Distribution = Union[LogUniform, IntRange, Choice]
+Distribution = Union[LogUniform, Uniform, IntRange, Choice]
