@@ -224,3 +224,32 @@ def test_history_negatives_in_both_samplers(sparse_ds, tmp_path, sampler):
             a = step.triples[k]
             assert not dense[k][a.users.numpy(), a.neg.numpy()].any()
     assert n_pool > 0
+
+
+@pytest.mark.parametrize("sampler", ["host", "device"])
+def test_aux_draws_edges_pass_over_every_auxiliary_edge_once_per_epoch(sparse_ds, tmp_path, sampler):
+    """aux_draws=edges: each auxiliary behavior's triples of an epoch are its edges, each once,
+    with negatives outside the user's items of it, shared out over the batches in proportion to
+    their target rows; the target's rows keep their rule (each purchase once)."""
+    ds = sparse_ds
+    K = ds.n_behaviors
+    tr = _trainer(ds, tmp_path, f"sampler={sampler}", "aux_draws=edges")
+    steps = tr.strategy.draws.cml_steps()
+    tu, ti = ds.edges(K - 1)
+    n, B = len(tu), tr.cfg["batch_size"]
+    assert len(steps) == -(-n // B) > 2
+    for k in range(K):
+        got = [(u, p) for s in steps for u, p in zip(s.triples[k].users.tolist(), s.triples[k].pos.tolist())]
+        u, i = ds.edges(k)
+        assert sorted(got) == sorted(zip(u.tolist(), i.tolist())), k
+        neg = np.concatenate([s.triples[k].neg.numpy() for s in steps])
+        users = np.concatenate([s.triples[k].users.numpy() for s in steps])
+        assert not _dense(ds, k)[users, neg].any()
+    for k in range(K - 1):
+        E = len(ds.edges(k)[0])
+        sizes = [len(s.triples[k]) for s in steps]
+        assert sizes == [min((j + 1) * B, n) * E // n - j * B * E // n for j in range(len(steps))], (k, sizes)
+    again = _trainer(ds, tmp_path / "b", f"sampler={sampler}", "aux_draws=edges").strategy.draws.cml_steps()
+    assert [s.triples[0].pos.tolist() for s in again] == [s.triples[0].pos.tolist() for s in steps]
+    default = _trainer(ds, tmp_path / "c", f"sampler={sampler}").strategy.draws.cml_steps()
+    assert sum(len(s.triples[0]) for s in default) < len(ds.edges(0)[0]), "the default draws per purchase"

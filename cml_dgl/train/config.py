@@ -41,6 +41,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "fusion": FUSIONS,
     "init": INITS,
     "reg_on": ("final", "ego"),
+    "aux_draws": ("target", "edges"),
     "history": HISTORY_CHOICES,
     "norm": tuple(NORMS),
     "meta_optimizer": ("adamw", "sgd"),

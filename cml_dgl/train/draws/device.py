@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from cml_dgl.errors import CmlError
-from cml_dgl.train.draws.host import EdgeIndex, MetaPointer, unbought_index
+from cml_dgl.train.draws.host import EdgeIndex, MetaPointer, pass_share, unbought_index
 from cml_dgl.train.draws.types import CMLStep, DeviceTriples
 
 
@@ -174,7 +174,10 @@ class DeviceDraws:
         step_of_row = torch.arange(n, device=dev) // B
         segs = _Segments(n_steps)
         triples = []
+        edge_passes = cfg["aux_draws"] == "edges"
         for k in range(K):
+            if edge_passes and k < K - 1:
+                continue
             pos = target_items if k == K - 1 else self.index[k].random_neighbor(users, self.gen)
             neg = self.index[k].sample_negatives(users, self.gen)
             if k == K - 1 and self.pool is not None:
@@ -188,6 +191,13 @@ class DeviceDraws:
                 t = DeviceTriples(users[keep], pos[keep], neg[keep])
                 counts = torch.bincount(step_of_row[keep], minlength=n_steps)
             triples.append(segs.add_triples(t, counts))
+        if edge_passes:  # after the target's draws, as on the host
+            bounds = np.arange(n_steps + 1, dtype=np.int64) * B
+            bounds[-1] = n
+            for k in range(K - 1):
+                t = self._edge_pass(self.index[k])
+                lo = [pass_share(int(a), int(a), n, len(t.users))[0] for a in bounds]
+                triples.insert(k, segs.add_triples(t, torch.from_numpy(np.diff(lo)).to(dev)))
         ratio = cfg["cl_sample_ratio"]
         take = _contrast_sizes(sizes, ratio)
         take_dev = torch.from_numpy(take).to(dev)
@@ -227,7 +237,9 @@ class DeviceDraws:
     # ------------------------------------------------------------------ MF / LightGCN
     def pair_triples(self) -> DeviceTriples:
         """Every edge of ``index[0]`` once, shuffled, with one uniform negative each."""
-        ix = self.index[0]
+        return self._edge_pass(self.index[0])
+
+    def _edge_pass(self, ix: TorchEdgeIndex) -> DeviceTriples:
         u = torch.repeat_interleave(torch.arange(ix.n_users, device=self.device), ix.degree,
                                     output_size=ix.n_edges)
         order = torch.randperm(ix.n_edges, generator=self.gen, device=self.device)

@@ -121,6 +121,9 @@ class EpochSamples:
     users: np.ndarray
     pos: np.ndarray
     neg: np.ndarray
+    #: with ``aux_draws: edges``, behavior k's own pass over its edges (k < K - 1), which replaces
+    #: its rows above: the batch of target rows [start, stop) takes the same share of each pass
+    passes: list[Triples] | None = None
 
     def __len__(self) -> int:
         return len(self.users)
@@ -129,21 +132,36 @@ class EpochSamples:
         out = []
         u = self.users[start:stop]
         for k in range(self.pos.shape[0]):
+            if self.passes is not None and k < len(self.passes):
+                t = self.passes[k]
+                lo, hi = pass_share(start, min(stop, len(self)), len(self), len(t))
+                out.append(Triples(t.users[lo:hi], t.pos[lo:hi], t.neg[lo:hi]))
+                continue
             p, n = self.pos[k, start:stop], self.neg[k, start:stop]
             keep = p >= 0
             out.append(Triples(u[keep], p[keep], n[keep]))
         return out
 
 
+def pass_share(start: int, stop: int, n_rows: int, n_edges: int) -> tuple[int, int]:
+    """The rows of an auxiliary behavior's edge pass that go with target rows [start, stop) of
+    ``n_rows``: the same share, so the pass ends with the epoch (``aux_draws: edges``)."""
+    return start * n_edges // n_rows, stop * n_edges // n_rows
+
+
 def cml_epoch_samples(ds: Dataset, index: list[EdgeIndex], rng: np.random.Generator,
-                      pool: EdgeIndex | None = None, fraction: float = 0.0) -> EpochSamples:
+                      pool: EdgeIndex | None = None, fraction: float = 0.0,
+                      aux_draws: str = "target") -> EpochSamples:
     """The official sampling, vectorised (cml-spec 3.1): one sample per target interaction.
 
     For the target behavior the positive is the interaction's item; for an auxiliary behavior k
     it is a uniform draw among the user's behavior-k items. Negatives are uniform among items the
     user has no behavior-k edge with; with ``pool`` and ``fraction`` > 0 (config
     ``history_negatives``) that share of the target's negatives is drawn among the user's ``pool``
-    items instead (:func:`history_negatives`), after the uniform draws.
+    items instead (:func:`history_negatives`), after the uniform draws. With ``aux_draws="edges"``
+    each auxiliary behavior is instead one shuffled pass over all its edges with a uniform negative
+    each (:func:`pair_epoch_samples`, drawn after the target's), shared out over the epoch's batches
+    in proportion (:func:`pass_share`).
     """
     K = ds.n_behaviors
     tu, ti = ds.edges(K - 1)
@@ -151,12 +169,15 @@ def cml_epoch_samples(ds: Dataset, index: list[EdgeIndex], rng: np.random.Genera
     users, target_items = tu[order], ti[order]
     pos = np.empty((K, len(users)), dtype=np.int64)
     neg = np.empty((K, len(users)), dtype=np.int64)
-    for k in range(K):
+    per_target = range(K) if aux_draws == "target" else (K - 1,)
+    pos[:K - 1] = -1
+    for k in per_target:
         pos[k] = target_items if k == K - 1 else index[k].random_neighbor(users, rng)
         neg[k] = index[k].sample_negatives(users, rng)
     if pool is not None and fraction > 0:
         neg[K - 1] = history_negatives(neg[K - 1], users, pool, fraction, rng)
-    return EpochSamples(users, pos, neg)
+    passes = None if aux_draws == "target" else [pair_epoch_samples(index[k], rng) for k in range(K - 1)]
+    return EpochSamples(users, pos, neg, passes)
 
 
 def meta_triples(users: np.ndarray, index: EdgeIndex, n_samples: int,
@@ -279,7 +300,8 @@ class HostDraws:
         """Every draw of the epoch's steps, in the order the steps consumed them one by one (none
         depends on the model), moved to the device in one copy."""
         cfg, K = self.cfg, self.ds.n_behaviors
-        samples = cml_epoch_samples(self.ds, self.index, self.rng, self.pool, cfg["history_negatives"])
+        samples = cml_epoch_samples(self.ds, self.index, self.rng, self.pool, cfg["history_negatives"],
+                                    cfg["aux_draws"])
         B, ratio = cfg["batch_size"], cfg["cl_sample_ratio"]
         meta_k = [k if cfg["meta_bpr_per_behavior"] else K - 1 for k in range(K)]
         pack, plan = IndexPack(), []
