@@ -67,6 +67,7 @@ FRACTIONS = ("cl_sample_ratio",)  # in (0, 1]
 SAVED_WITHOUT: dict[str, Any] = {
     "propagation": "nonlinear", "readout": "concat", "fusion": "mean", "init": "xavier", "reg_on": "final",
     "item_bias": False, "history": "none", "history_item_weights": False, "history_negatives": 0.0,
+    "aux_draws": "target",
 }
 
 QUOTE_LIMIT = 200  # characters of a value (or of a --set item) quoted in an error message
