@@ -7,7 +7,7 @@ folder of ``bench/quality_table.py`` (``seconds`` of every line of each run's ``
 training and per-epoch evaluation, not process start-up or the final ``cml evaluate``). Per dataset
 and model it prints the hours spent on tuning and on the table's runs, and projects the whole:
 the mean trial (finished or pruned) times ``--trials``, the mean finished run of each protocol
-times ``--seeds``. Training-free models have no tuning and no epochs (their runs count 0 s). A model with no trial or no run of a protocol yet has no projection there ("?"), so
+times ``--seeds``. Training-free models have no epochs: their trials and runs count about 0 s. A model with no trial or no run of a protocol yet has no projection there ("?"), so
 the projected total is a lower bound until every cell has started. The figures are as fast as the
 runs were: the table's runs use ``--threads`` (1 by default), often beside another job.
 """

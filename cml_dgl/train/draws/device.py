@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from cml_dgl.errors import CmlError
-from cml_dgl.train.draws.host import EdgeIndex, MetaPointer, pass_share, unbought_index
+from cml_dgl.train.draws.host import EdgeIndex, MetaPointer, pass_offset, unbought_index
 from cml_dgl.train.draws.types import CMLStep, DeviceTriples
 
 
@@ -191,13 +191,12 @@ class DeviceDraws:
                 t = DeviceTriples(users[keep], pos[keep], neg[keep])
                 counts = torch.bincount(step_of_row[keep], minlength=n_steps)
             triples.append(segs.add_triples(t, counts))
-        if edge_passes:  # after the target's draws, as on the host
-            bounds = np.arange(n_steps + 1, dtype=np.int64) * B
-            bounds[-1] = n
+        if edge_passes:  # after the target's draws, as on the host; behavior k goes before the target
+            bounds = np.concatenate([[0], np.cumsum(sizes)])
             for k in range(K - 1):
-                t = self._edge_pass(self.index[k])
-                lo = [pass_share(int(a), int(a), n, len(t.users))[0] for a in bounds]
-                triples.insert(k, segs.add_triples(t, torch.from_numpy(np.diff(lo)).to(dev)))
+                ix = self.index[k]
+                counts = torch.from_numpy(np.diff(pass_offset(bounds, n, ix.n_edges))).to(dev)
+                triples.insert(k, segs.add_triples(self._edge_pass(ix), counts))
         ratio = cfg["cl_sample_ratio"]
         take = _contrast_sizes(sizes, ratio)
         take_dev = torch.from_numpy(take).to(dev)

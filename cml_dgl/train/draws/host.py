@@ -134,7 +134,7 @@ class EpochSamples:
         for k in range(self.pos.shape[0]):
             if self.passes is not None and k < len(self.passes):
                 t = self.passes[k]
-                lo, hi = pass_share(start, min(stop, len(self)), len(self), len(t))
+                lo, hi = (pass_offset(r, len(self), len(t)) for r in (start, min(stop, len(self))))
                 out.append(Triples(t.users[lo:hi], t.pos[lo:hi], t.neg[lo:hi]))
                 continue
             p, n = self.pos[k, start:stop], self.neg[k, start:stop]
@@ -143,10 +143,12 @@ class EpochSamples:
         return out
 
 
-def pass_share(start: int, stop: int, n_rows: int, n_edges: int) -> tuple[int, int]:
-    """The rows of an auxiliary behavior's edge pass that go with target rows [start, stop) of
-    ``n_rows``: the same share, so the pass ends with the epoch (``aux_draws: edges``)."""
-    return start * n_edges // n_rows, stop * n_edges // n_rows
+def pass_offset(row, n_rows: int, n_edges: int):
+    """Where target row ``row`` of ``n_rows`` falls in an auxiliary behavior's pass over its
+    ``n_edges`` edges (an int, or an array of rows): the batch of target rows [a, b) takes the pass's
+    rows [pass_offset(a), pass_offset(b)), the same share, so the pass ends with the epoch
+    (``aux_draws: edges``)."""
+    return row * n_edges // n_rows
 
 
 def cml_epoch_samples(ds: Dataset, index: list[EdgeIndex], rng: np.random.Generator,
@@ -161,7 +163,7 @@ def cml_epoch_samples(ds: Dataset, index: list[EdgeIndex], rng: np.random.Genera
     items instead (:func:`history_negatives`), after the uniform draws. With ``aux_draws="edges"``
     each auxiliary behavior is instead one shuffled pass over all its edges with a uniform negative
     each (:func:`pair_epoch_samples`, drawn after the target's), shared out over the epoch's batches
-    in proportion (:func:`pass_share`).
+    in proportion (:func:`pass_offset`).
     """
     K = ds.n_behaviors
     tu, ti = ds.edges(K - 1)
