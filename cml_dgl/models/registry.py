@@ -60,7 +60,9 @@ _PAIR_SPACE: dict[str, Distribution] = {
 }
 _GRAPH_SPACE: dict[str, Distribution] = {"dim": _PAIR_SPACE["dim"], "n_layers": IntRange(1, 4),
                                          **{k: v for k, v in _PAIR_SPACE.items() if k != "dim"}}
-#: around the default (issue 13): its learning-rate cycle, size, L2, contrastive weight and item bias
+#: around the default (issue 13): its learning-rate cycle, size, L2, contrastive weight, item bias and
+#: the auxiliary behaviors' BPR draws (with ``edges`` those terms weigh about as many samples as the
+#: auxiliary edges, so L2 and the rates are searched with it)
 _CML_SPACE: dict[str, Distribution] = {
     "dim": Choice((32, 64, 128)),
     "n_layers": IntRange(1, 4),
@@ -72,10 +74,12 @@ _CML_SPACE: dict[str, Distribution] = {
     "item_bias": Choice((True, False)),
     "lr_clone": LogUniform(1e-5, 1e-3),
     "meta_opt_max_lr": LogUniform(1e-4, 1e-2, at_least="meta_opt_base_lr"),
+    "aux_draws": Choice(("target", "edges")),
 }
-#: ItemKNN's neighbours and shrinkage, over the ranges Dacrema et al. (RecSys 2019) searched
+#: ItemKNN's neighbours and shrinkage, over the ranges Dacrema et al. (RecSys 2019) searched, the
+#: neighbours widened past their 800 (Retailrocket's best trial chose 800, the grid's edge)
 _KNN_SPACE: dict[str, Distribution] = {
-    "knn_neighbors": Choice((5, 10, 20, 50, 100, 200, 400, 800)),
+    "knn_neighbors": Choice((5, 10, 20, 50, 100, 200, 400, 800, 1600)),
     "knn_shrink": Choice((0.0, 1.0, 10.0, 50.0, 100.0, 500.0, 1000.0)),
 }
 #: CascadingRank's two restart weights (its authors' settings, 0 / 0.9 and 0.3 / 0.6, lie on the grid)
