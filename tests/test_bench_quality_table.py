@@ -65,3 +65,16 @@ def test_training_free_models_with_a_search_space_are_tuned_like_the_others(tmp_
     for model in ("pop", "pop-target", "history"):
         assert bench.tuned("retailrocket", model)[-2:] == ["--model", model]
     assert len(calls) == n
+
+
+def test_a_finished_study_is_still_checked_by_cml_tune_once_per_table(tmp_path, monkeypatch):
+    """A study whose summary says its trials are done still goes through ``cml tune`` (which refuses
+    a study of another search space, dataset or base config), once per model and table run."""
+    bench, calls = _bench(tmp_path, trials=3), []
+    monkeypatch.setattr(bench, "cml", lambda *args: calls.append([str(a) for a in args]) or "")
+    study = tmp_path / "tune" / "retailrocket" / "mf"
+    study.mkdir(parents=True)
+    (study / "summary.json").write_text('{"trials": {"complete": 3}}')
+    for _ in range(3):
+        assert bench.tuned("retailrocket", "mf")[:2] == ["--config", study.resolve() / "best.yaml"]
+    assert [c[:2] for c in calls if c[0] == "tune"] == [["tune", str(bench.dataset("retailrocket", "honest"))]]
