@@ -420,3 +420,47 @@ def test_a_run_saved_before_the_new_keys_still_opens(tiny_dataset, tmp_path):
 def test_a_yaml_boolean_for_a_choice_key_names_the_choices():
     with pytest.raises(CmlError, match=r"history must be one of none, auto, always, got True \(YAML reads on"):
         config.resolve(overrides=["history=on"])
+
+
+def test_balanced_aux_edge_weights_are_each_behaviors_draws_per_purchase_over_its_edges(tiny_dataset):
+    """P_k / E_k: the purchases whose user has a behavior-k edge (what one draw per purchase gives
+    behavior k an epoch) over its edges (one pass's triples); only with aux_draws: edges."""
+    from cml_dgl.models.cml_loss import behavior_scales
+
+    ds, K = tiny_dataset, tiny_dataset.n_behaviors
+    buyers = ds.edges(K - 1)[0]
+    want = []
+    for k in range(K - 1):
+        users = ds.edges(k)[0]
+        want.append(sum(1 for u in buyers if u in set(users.tolist())) / len(users))
+    got = behavior_scales(ds, _cfg(aux_draws="edges", aux_edge_weight="balanced"))
+    assert got == pytest.approx((*want, 1.0)) and len(set(got)) > 1
+    assert behavior_scales(ds, _cfg(aux_draws="edges")) is None
+    assert behavior_scales(ds, _cfg(aux_draws="target", aux_edge_weight="balanced")) is None
+
+
+def test_balanced_aux_edge_weights_scale_each_behaviors_bpr_and_l2_terms(tiny_dataset):
+    """The objective is linear in each behavior's terms: with factors s_k it is the sum over k of
+    s_k times the objective of behavior k's triples alone (no contrastive term here)."""
+    ds, K = tiny_dataset, tiny_dataset.n_behaviors
+    cfg = _cfg(aux_draws="edges", aux_edge_weight="balanced", beta=0.0, variant="no-meta", reg=0.5)
+    torch.manual_seed(0)
+    model = CML.from_config(ds, cfg, torch.device("cpu"))
+    scales = model.objective.behavior_scale
+    assert scales is not None and scales[-1] == 1.0 and min(scales[:-1]) < 1.0
+    T = type(_batch(ds).triples[0])
+
+    def batch(only=None):  # other triples per behavior, so that each factor meets its own term
+        b = _batch(ds)
+        empty = torch.zeros(0, dtype=torch.long)
+        b.triples = [T([0, k + 1], [k + 1, 2], [3, 4 + k]) if only in (None, k) else T(empty, empty, empty)
+                     for k in range(K)]
+        return b
+
+    total = float(model.loss(batch())[0])
+    model.objective.behavior_scale = None
+    unscaled = float(model.loss(batch())[0])
+    parts = [float(model.loss(batch(k))[0]) for k in range(K)]
+    assert len({round(p, 6) for p in parts}) == K
+    assert total == pytest.approx(sum(s * p for s, p in zip(scales, parts)), rel=1e-5)
+    assert unscaled == pytest.approx(sum(parts), rel=1e-5) and unscaled != pytest.approx(total)

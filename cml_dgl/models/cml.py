@@ -50,7 +50,7 @@ from torch import Tensor, nn
 from cml_dgl.errors import CmlError
 from cml_dgl.graph.backends import Propagator, propagator_for_dataset, same_device
 from cml_dgl.models.base import EmbeddingScorer, Recommender, Scorer
-from cml_dgl.models.cml_loss import CMLBatch, CMLObjective
+from cml_dgl.models.cml_loss import CMLBatch, CMLObjective, behavior_scales
 from cml_dgl.models.history_term import UserHistory, history_enabled
 from cml_dgl.models.meta import MetaWeightNet
 
@@ -251,7 +251,7 @@ class CML(Recommender):
                                  halve_bpr=cfg["meta_halve_bpr"], mke=cfg["variant"] != "no-mke",
                                  n_behaviors=ds.n_behaviors,
                                  detach_loss=cfg["meta_detach_loss"]).to(device)
-        model.attach(CMLObjective(cfg, ds.n_behaviors, meta))
+        model.attach(CMLObjective(cfg, ds.n_behaviors, meta, behavior_scale=behavior_scales(ds, cfg)))
         return model
 
     def attach(self, objective: CMLObjective) -> None:

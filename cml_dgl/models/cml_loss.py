@@ -17,7 +17,9 @@ behavior's, or the target's alone with ``reg_all_behaviors: false``, then not di
 ``reg_on: ego`` the rows of the ego embeddings E instead (as LightGCN). With ``item_bias`` every
 behavior's BPR scores add :math:`b_i`, with ``history`` the target's add :math:`h(u, i)`
 (``out.extra``).
-Without a meta network (``no-meta``) or with ``weigh="none"`` every w is 1.
+Without a meta network (``no-meta``) or with ``weigh="none"`` every w is 1. With
+``aux_edge_weight: balanced`` behavior k's BPR and L2 terms are multiplied by
+:math:`s_k = P_k / E_k` (:func:`behavior_scales`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -89,6 +92,8 @@ class CMLObjective:
     n_behaviors: int
     meta: nn.Module | None = None
     shard_sum: Callable[[Tensor], Tensor] = field(default=_identity)
+    #: a factor per behavior on its BPR and L2 terms (:func:`behavior_scales`); None: all 1
+    behavior_scale: tuple[float, ...] | None = None
 
     def __call__(self, out: Any, batch: CMLBatch) -> tuple[Tensor, dict[str, Tensor]]:
         cfg, K, shard_sum = self.cfg, self.n_behaviors, self.shard_sum
@@ -117,11 +122,15 @@ class CMLObjective:
             if meta is not None:
                 w = self._weights(meta.bpr_weights, loss, zu, views.get(k, u), k, weigh)
                 loss = w * loss
-            bpr_sum = bpr_sum + shard_sum(loss)
+            scale = None if self.behavior_scale is None else self.behavior_scale[k]
+            bpr_sum = bpr_sum + (shard_sum(loss) if scale is None else scale * shard_sum(loss))
             if cfg["reg_all_behaviors"] or k == K - 1:
                 if cfg["reg_on"] == "ego":
                     zu, zp, zn = _rows(out.ego_user, u), _rows(out.ego_item, p), _rows(out.ego_item, n)
-                reg = reg + shard_sum(zu.pow(2)) + shard_sum(zp.pow(2)) + shard_sum(zn.pow(2))
+                if scale is None:  # the sums in this order, so that runs without factors stay bit for bit
+                    reg = reg + shard_sum(zu.pow(2)) + shard_sum(zp.pow(2)) + shard_sum(zn.pow(2))
+                else:
+                    reg = reg + scale * (shard_sum(zu.pow(2)) + shard_sum(zp.pow(2)) + shard_sum(zn.pow(2)))
         total = bpr_sum / K + cfg["reg"] * (reg / K if cfg["reg_all_behaviors"] else reg)
         logs = {"bpr": bpr_sum.detach().double() / cfg["batch_size"] / K}
         if with_cl:
@@ -154,3 +163,22 @@ class CMLObjective:
             w = fn(loss.detach(), z_a.detach(), z_b.detach(), k)
         self.meta.train(was_training)
         return w
+
+
+def behavior_scales(ds: Any, cfg: dict[str, Any]) -> tuple[float, ...] | None:
+    """Config ``aux_edge_weight: balanced`` with ``aux_draws: edges``: behavior k's factor P_k / E_k,
+    with P_k the training purchases whose user has a behavior-k edge (the draws ``aux_draws: target``
+    makes of it an epoch) and E_k its edges (one pass's triples), so that each auxiliary term weighs
+    in all what it weighs with one draw per purchase; the target's factor is 1. None otherwise."""
+    if cfg["aux_draws"] != "edges" or cfg["aux_edge_weight"] != "balanced":
+        return None
+    K = ds.n_behaviors
+    buyers = ds.edges(K - 1)[0]
+    scales = []
+    for k in range(K - 1):
+        users = ds.edges(k)[0]
+        has = np.zeros(ds.n_users, dtype=bool)
+        has[users] = True
+        scales.append(float(has[buyers].sum()) / len(users) if len(users) else 1.0)
+    return (*scales, 1.0)
+

@@ -42,6 +42,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "init": INITS,
     "reg_on": ("final", "ego"),
     "aux_draws": ("target", "edges"),
+    "aux_edge_weight": ("one", "balanced"),
     "history": HISTORY_CHOICES,
     "norm": tuple(NORMS),
     "meta_optimizer": ("adamw", "sgd"),
