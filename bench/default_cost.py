@@ -1,18 +1,21 @@
 """What the default CML costs beside the configuration before it (issue 13, point 5).
 
     python bench/default_cost.py --threads 2 [--datasets retailrocket,ijcai15,tmall-mbcgcn] [--epochs 4]
-        [--rounds 1] [--json]
+        [--rounds 1] [--vary KEY=VALUE ...] [--json]
 
 On each development benchmark (its honest split, validation held out) the two configurations train
 alternately, each in its own ``cml train`` subprocess with the same threads:
 
 * ``before``: ``--preset authors-<dataset> --preset paper``, the default before issue 13 (the paper's
   equations, d = 16, the authors' hyperparameters);
-* ``default``: ``--preset <dataset>`` (``--preset tmall --preset mbcgcn`` on the MB-CGCN lists).
+* ``default``: ``--preset <dataset>`` (``--preset tmall --preset mbcgcn`` on the MB-CGCN lists);
+* with ``--vary KEY=VALUE`` (repeatable), also ``default`` with ``--set KEY=VALUE``, named so: what one
+  factor of the default costs, e.g. ``--vary aux_draws=target`` (the auxiliary draws before the
+  default passed over every auxiliary edge). A dataset whose preset already sets that value skips it.
 
 Printed per configuration: seconds per epoch (median over the epochs after the first, which pays
 one-off costs), split into training and validation, and the subprocess's peak RSS (``wait4``);
-per dataset the ratio default / before. The epochs each needs are the study's (docs/results.md):
+per dataset the ratio default / before (and default / each varied configuration). The epochs each needs are the study's (docs/results.md):
 the wall time to the selected epoch is its best epoch times its seconds per epoch.
 """
 
@@ -40,6 +43,20 @@ CONFIGS = {  # dataset: {configuration: cml train arguments}
            "default": preset_args(*presets)}
     for name, presets in CML_PRESETS.items()
 }
+
+
+def configurations(name: str, vary: list[str]) -> dict[str, list[str]]:
+    """``before``, ``default`` and one configuration per ``KEY=VALUE`` of ``vary`` that changes the
+    dataset's default (its resolved config)."""
+    from cml_dgl.train import config
+
+    out = dict(CONFIGS[name])
+    default = config.resolve(presets=CML_PRESETS[name])
+    for item in vary:
+        key = config.parse_set(item)[0]
+        if default[key] != config.resolve(presets=CML_PRESETS[name], overrides=[item])[key]:
+            out[item] = [*out["default"], "--set", item]
+    return out
 
 
 def dataset(name: str, work: Path) -> Path:
@@ -77,6 +94,8 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=4, help="epochs per run (the first is not timed)")
     ap.add_argument("--rounds", type=int, default=1, help="alternations of the two configurations")
     ap.add_argument("--workdir", type=Path, default=None)
+    ap.add_argument("--vary", action="append", default=[], metavar="KEY=VALUE",
+                    help="also time the default with --set KEY=VALUE (repeatable)")
     ap.add_argument("--json", action="store_true")
     add_threads_arg(ap)
     args = ap.parse_args()
@@ -87,32 +106,35 @@ def main() -> None:
     for name in names:
         if name not in CONFIGS:
             sys.exit(f"bench: unknown dataset {name!r}; choose from {', '.join(CONFIGS)}")
+    configs = {name: configurations(name, args.vary) for name in names}
     work = args.workdir or Path(tempfile.mkdtemp(prefix="cml-cost-"))
     res: dict = {"threads": threads, "epochs": args.epochs, "rounds": args.rounds,
                  "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "datasets": {}}
     for name in names:
         ds = dataset(name, work)
-        runs: dict[str, list[dict]] = {k: [] for k in CONFIGS[name]}
+        runs: dict[str, list[dict]] = {k: [] for k in configs[name]}
         for r in range(args.rounds):
-            for cfg, argv in CONFIGS[name].items():
+            for cfg, argv in configs[name].items():
                 print(f"{name}: {cfg} (round {r + 1}/{args.rounds})", file=sys.stderr, flush=True)
                 runs[cfg].append(run_once(ds, argv, args.epochs, threads, work / f"{name}-{cfg}-{r}"))
         sides = {cfg: summarise(v) for cfg, v in runs.items()}
-        sides["ratio_default_over_before"] = {k: sides["default"][k] / sides["before"][k]
-                                              for k in ("train_s", "eval_s", "epoch_s", "peak_rss_gb")}
+        for other in (c for c in configs[name] if c != "default"):
+            sides[f"ratio_default_over_{other}"] = {k: sides["default"][k] / sides[other][k]
+                                                    for k in ("train_s", "eval_s", "epoch_s", "peak_rss_gb")}
         res["datasets"][name] = sides
     if args.json:
         print(json.dumps(res, sort_keys=True))
         return
     print(f"{res['date']}, {threads} threads, {args.epochs} epochs x {args.rounds} rounds per configuration")
     for name, sides in res["datasets"].items():
-        for cfg in CONFIGS[name]:
+        for cfg in configs[name]:
             s = sides[cfg]
             print(f"{name:13s} {cfg:8s} {s['epoch_s']:7.2f} s/epoch (train {s['train_s']:.2f} + valid "
                   f"{s['eval_s']:.2f}), peak RSS {s['peak_rss_gb']:.2f} GB")
-        q = sides["ratio_default_over_before"]
-        print(f"{name:13s} default / before: epoch {q['epoch_s']:.2f}x, train {q['train_s']:.2f}x, "
-              f"valid {q['eval_s']:.2f}x, peak RSS {q['peak_rss_gb']:.2f}x")
+        for other in (c for c in configs[name] if c != "default"):
+            q = sides[f"ratio_default_over_{other}"]
+            print(f"{name:13s} default / {other}: epoch {q['epoch_s']:.2f}x, train {q['train_s']:.2f}x, "
+                  f"valid {q['eval_s']:.2f}x, peak RSS {q['peak_rss_gb']:.2f}x")
 
 
 if __name__ == "__main__":
