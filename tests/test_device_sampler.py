@@ -86,7 +86,7 @@ def test_device_draws_are_uniform():
 
 def test_an_epoch_of_device_draws_follows_the_host_rules(sparse_ds, tmp_path):
     ds = sparse_ds
-    tr = _trainer(ds, tmp_path, "meta_cl_all_users=false")
+    tr = _trainer(ds, tmp_path, "meta_cl_all_users=false", "aux_draws=target")  # one draw per purchase
     assert isinstance(tr.strategy.draws, DeviceDraws)
     K, B, ratio = ds.n_behaviors, tr.cfg["batch_size"], tr.cfg["cl_sample_ratio"]
     dense = [_dense(ds, k) for k in range(K)]
@@ -251,5 +251,5 @@ def test_aux_draws_edges_pass_over_every_auxiliary_edge_once_per_epoch(sparse_ds
         assert sizes == [min((j + 1) * B, n) * E // n - j * B * E // n for j in range(len(steps))], (k, sizes)
     again = _trainer(ds, tmp_path / "b", f"sampler={sampler}", "aux_draws=edges").strategy.draws.cml_steps()
     assert [s.triples[0].pos.tolist() for s in again] == [s.triples[0].pos.tolist() for s in steps]
-    default = _trainer(ds, tmp_path / "c", f"sampler={sampler}").strategy.draws.cml_steps()
-    assert sum(len(s.triples[0]) for s in default) < len(ds.edges(0)[0]), "the default draws per purchase"
+    per_purchase = _trainer(ds, tmp_path / "c", f"sampler={sampler}", "aux_draws=target").strategy.draws.cml_steps()
+    assert sum(len(s.triples[0]) for s in per_purchase) < len(ds.edges(0)[0]), "target draws per purchase"

@@ -95,7 +95,7 @@ def test_epoch_draws_equal_step_by_step_draws(ds_dir, tmp_path):
     steps = draws.cml_steps()
     rng = np.random.default_rng()
     rng.bit_generator.state = state
-    samples = smp.cml_epoch_samples(tr.ds, draws.index, rng)
+    samples = smp.cml_epoch_samples(tr.ds, draws.index, rng, aux_draws=tr.cfg["aux_draws"])
     pointer = smp.MetaPointer(tr.strategy.meta_pointer.users, tr.cfg["meta_batch"])
     B, ratio, K = tr.cfg["batch_size"], tr.cfg["cl_sample_ratio"], tr.ds.n_behaviors
     assert len(steps) == -(-len(samples) // B) > 1

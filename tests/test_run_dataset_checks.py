@@ -106,7 +106,8 @@ def test_the_same_dataset_at_another_path_is_accepted(copy, tmp_path):
     (lambda t: t + "extra: !!python/object/apply:os.system ['touch PWNED']\n",
      ["config.yaml: not valid YAML", "could not determine a constructor"]),
     (lambda t: b"\x89PNG\r\n\x1a\n\x00\x00" + t.encode(), ["config.yaml: not a text file (byte 0 is not UTF-8)"]),
-    (lambda t: "", ["config.yaml: differs from the configuration", "dim: 64 vs 8"]),
+    # an empty file reads as a run saved before every key (its SAVED_WITHOUT values, else defaults)
+    (lambda t: "", ["config.yaml: differs from the configuration", "aux_draws: target vs edges"]),
 ])
 def test_an_edited_config_yaml_is_a_one_line_error(copy, tmp_path, monkeypatch, edit, fragments):
     _, ds, run = copy
