@@ -100,7 +100,6 @@ def test_one_step_equals_single_process(dist_results, case):
     for key in ref:
         # every rank holds the same parameters and gradients (they apply the same summed gradient)
         assert _max_diff(ranks[0][case][key], ranks[1][case][key]) == 0.0, key
-        print("DIFF", case, key, _max_diff(ranks[0][case][key], ref[key]))
         assert _max_diff(ranks[0][case][key], ref[key]) < 1e-5, key
     for key in [k for k in ref if k.endswith("_grad")]:
         # gradients of the global batch, not of a rank's half (a mean over ranks would be half as large)

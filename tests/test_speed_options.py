@@ -119,20 +119,24 @@ def test_under_the_default_model_the_options_change_nothing(tmp_path):
     """Linear layers and the merged fusion leave the options nothing to reorder: the items' fused
     layer is already one product, and the views at the used rows are the same sums."""
     ds = make_tiny_dataset(n_users=40, n_items=60, seed=5)
-    # bit for bit with one auxiliary draw per purchase; with every auxiliary edge (the default) the
-    # views at the used rows are summed in another order: equal to rounding
-    for draws in ("target", "edges"):
+
+    def fit_both(draws):
         on, tr_on = _fit(ds, tmp_path / f"on-{draws}", ["backend=torch", "merged_item_mean=true", "used_view_rows=true",
                                                         f"aux_draws={draws}"], presets=())
         off, tr_off = _fit(ds, tmp_path / f"off-{draws}", ["backend=torch", f"aux_draws={draws}"], presets=())
         assert tr_on.cfg["fusion"] == "merged"
-        if draws == "target":
-            assert on == off
-            for x, y in zip(tr_on.model.state_dict().values(), tr_off.model.state_dict().values()):
-                assert torch.equal(x, y)
-            continue
-        for ra, rb in zip(on, off, strict=True):
-            for part in ("losses", "valid"):
-                assert ra[part] == pytest.approx(rb[part], rel=1e-6, abs=1e-7), part
-        for x, y in zip(tr_on.model.state_dict().values(), tr_off.model.state_dict().values()):
-            torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)
+        return on, off, zip(tr_on.model.state_dict().values(), tr_off.model.state_dict().values())
+
+    # bit for bit with one auxiliary draw per purchase
+    on, off, params = fit_both("target")
+    assert on == off
+    for x, y in params:
+        assert torch.equal(x, y)
+    # with every auxiliary edge (the default) the views at the used rows are summed in another order:
+    # equal to rounding
+    on, off, params = fit_both("edges")
+    for ra, rb in zip(on, off, strict=True):
+        for part in ("losses", "valid"):
+            assert ra[part] == pytest.approx(rb[part], rel=1e-6, abs=1e-7), part
+    for x, y in params:
+        torch.testing.assert_close(x, y, rtol=1e-5, atol=1e-6)

@@ -181,4 +181,3 @@ def behavior_scales(ds: Any, cfg: dict[str, Any]) -> tuple[float, ...] | None:
         has[users] = True
         scales.append(float(has[buyers].sum()) / len(users) if len(users) else 1.0)
     return (*scales, 1.0)
-
